@@ -1,0 +1,832 @@
+package engine
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/eidefs/eidefs/kv"
+)
+
+// Errors callers act on.
+var (
+	ErrNotAuthorized   = errors.New("not authorized")
+	ErrUnknownDatabase = errors.New("no such database")
+	ErrExists          = errors.New("already exists")
+	ErrClosed          = errors.New("instance is closed")
+	ErrInvalidName     = errors.New("invalid name")
+	ErrNameTooLong     = errors.New("name too long")
+	ErrTooLarge        = errors.New("value too large")
+	ErrReserved        = errors.New("name is reserved")
+	ErrPendingFull     = errors.New("too many entries waiting for their parents")
+)
+
+// Options configure an Instance.
+type Options struct {
+	// Identity signs this node's commits. Required.
+	Identity *Identity
+	// Now is the clock; nil means time.Now. Heights come from it.
+	Now func() time.Time
+	// MaxValue is the largest value a commit may set (default 64 MiB).
+	MaxValue int
+	// MaxPending caps entries buffered while their parents are missing (default 100,000).
+	MaxPending int
+}
+
+// Instance is one node's set of databases over one kv store. All writes go through
+// a single writer goroutine that groups concurrent commits into one kv write.
+type Instance struct {
+	kv         *kv.DB
+	id         *Identity
+	now        func() time.Time
+	maxValue   int
+	maxPending int
+
+	reqs    chan *request
+	quit    chan struct{}
+	stopped chan struct{}
+	once    sync.Once
+
+	mu    sync.RWMutex // guards dbs and names; dbState values are immutable once published
+	dbs   map[ID]*dbState
+	names map[string]ID
+
+	subs subscribers
+
+	// Owned by the writer goroutine.
+	pending map[ID]*pendingEntry
+	waiting map[ID][]ID // missing parent -> entries waiting for it
+
+	statsMu sync.Mutex // guards stats
+	stats   Stats
+}
+
+// Stats are counters since the instance opened.
+type Stats struct {
+	Commits  uint64 // local entries committed
+	Applied  uint64 // foreign entries applied
+	Rejected uint64 // foreign entries refused
+	Groups   uint64 // kv writes made by the writer (group commit: <= Commits+Applied)
+	Syncs    uint64 // kv writes that fsynced
+}
+
+type entryMeta struct {
+	DB      ID        `cbor:"1,keyasint"`
+	H       uint64    `cbor:"2,keyasint"`
+	T       int64     `cbor:"3,keyasint"`
+	A       PublicKey `cbor:"4,keyasint"`
+	S       uint64    `cbor:"5,keyasint"` // author's sequence number
+	VV      vclock    `cbor:"6,keyasint"`
+	Stores  []string  `cbor:"7,keyasint,omitempty"`
+	Parents []ID      `cbor:"8,keyasint,omitempty"`
+	Ops     int       `cbor:"9,keyasint,omitempty"`
+}
+
+type dbRecord struct {
+	Name   string `cbor:"1,keyasint"` // local name
+	Tips   []ID   `cbor:"2,keyasint"`
+	MaxH   uint64 `cbor:"3,keyasint"`
+	Count  uint64 `cbor:"4,keyasint"`
+	Stores []string `cbor:"5,keyasint,omitempty"`
+}
+
+type dbState struct {
+	id        ID
+	rec       dbRecord
+	storeTips map[string][]ID
+	settings  []*settingsEntry // sorted by (height, id)
+	cache     *settingsCache
+}
+
+type settingsCache struct {
+	mu sync.Mutex
+	m  map[string]*Settings
+}
+
+func (s *dbState) clone() *dbState {
+	c := *s
+	c.rec.Tips = slices.Clone(s.rec.Tips)
+	c.rec.Stores = slices.Clone(s.rec.Stores)
+	c.storeTips = make(map[string][]ID, len(s.storeTips))
+	for k, v := range s.storeTips {
+		c.storeTips[k] = v
+	}
+	c.settings = slices.Clone(s.settings)
+	return &c
+}
+
+// settingsFor returns the settings made by the settings entries that are ancestors
+// of an entry with version vector vv (nil: all of them, the current settings).
+func (s *dbState) settingsFor(vv vclock) (*Settings, error) {
+	var inc []*settingsEntry
+	var ck []byte
+	for _, se := range s.settings {
+		if vv == nil || vv.covers(se.author, se.seq) {
+			inc = append(inc, se)
+			ck = append(ck, se.id[:8]...)
+		}
+	}
+	s.cache.mu.Lock()
+	defer s.cache.mu.Unlock()
+	if st, ok := s.cache.m[string(ck)]; ok {
+		return st, nil
+	}
+	st, err := foldSettings(inc)
+	if err != nil {
+		return nil, err
+	}
+	if len(s.cache.m) > 64 {
+		clear(s.cache.m)
+	}
+	s.cache.m[string(ck)] = st
+	return st, nil
+}
+
+type pendingEntry struct {
+	raw     []byte
+	e       *Entry
+	id      ID
+	origin  string
+	missing map[ID]bool
+}
+
+// Open loads the instance stored in store.
+func Open(store *kv.DB, o Options) (*Instance, error) {
+	if o.Identity == nil {
+		return nil, errors.New("engine: Options.Identity is required")
+	}
+	in := &Instance{
+		kv: store, id: o.Identity, now: o.Now, maxValue: o.MaxValue, maxPending: o.MaxPending,
+		reqs: make(chan *request, 1024), quit: make(chan struct{}), stopped: make(chan struct{}),
+		dbs: map[ID]*dbState{}, names: map[string]ID{},
+		pending: map[ID]*pendingEntry{}, waiting: map[ID][]ID{},
+	}
+	if in.now == nil {
+		in.now = time.Now
+	}
+	if in.maxValue == 0 {
+		in.maxValue = 64 << 20
+	}
+	if in.maxPending == 0 {
+		in.maxPending = 100_000
+	}
+	if err := in.load(); err != nil {
+		return nil, err
+	}
+	go in.run()
+	return in, nil
+}
+
+func (in *Instance) load() error {
+	var ids []ID
+	err := in.kv.Iterate([]byte{pDB}, false, func(k, v []byte) bool {
+		var id ID
+		copy(id[:], k[1:])
+		ids = append(ids, id)
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		st, err := loadDB(in.kv, id)
+		if err != nil {
+			return fmt.Errorf("loading database %s: %w", id.Short(), err)
+		}
+		in.dbs[id] = st
+		in.names[st.rec.Name] = id
+	}
+	return nil
+}
+
+func loadDB(r kv.Reader, id ID) (*dbState, error) {
+	rec, err := getRec[dbRecord](r, key(pDB, id[:]))
+	if err != nil {
+		return nil, err
+	}
+	st := &dbState{id: id, rec: *rec, storeTips: map[string][]ID{}, cache: &settingsCache{m: map[string]*Settings{}}}
+	for _, s := range rec.Stores {
+		tips, err := getRec[[]ID](r, storePrefix(pTips, id, s))
+		if err != nil {
+			return nil, fmt.Errorf("store %q tips: %w", s, err)
+		}
+		st.storeTips[s] = *tips
+	}
+	var ids []ID
+	err = r.Iterate(key(pSettings, id[:]), false, func(k, _ []byte) bool {
+		var eid ID
+		copy(eid[:], k[1+32+8:])
+		ids = append(ids, eid)
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, eid := range ids {
+		se, err := loadSettingsEntry(r, eid)
+		if err != nil {
+			return nil, err
+		}
+		st.settings = append(st.settings, se)
+	}
+	return st, nil
+}
+
+func loadSettingsEntry(r kv.Reader, id ID) (*settingsEntry, error) {
+	raw, err := r.Get(key(pEntry, id[:]))
+	if err != nil {
+		return nil, fmt.Errorf("settings entry %s: %w", id.Short(), err)
+	}
+	e, _, err := DecodeEntry(raw)
+	if err != nil {
+		return nil, fmt.Errorf("settings entry %s: %w", id.Short(), err)
+	}
+	m, err := getRec[entryMeta](r, key(pMeta, id[:]))
+	if err != nil {
+		return nil, err
+	}
+	return &settingsEntry{id: id, h: e.Height, t: e.Time, author: e.Author, seq: m.S, ops: e.Store(SettingsStore).Ops}, nil
+}
+
+// Close stops the writer and waits for it; it does not close the kv store.
+func (in *Instance) Close() error {
+	in.once.Do(func() { close(in.quit) })
+	<-in.stopped
+	in.subs.closeAll()
+	return nil
+}
+
+// Identity is the node's signing identity.
+func (in *Instance) Identity() *Identity { return in.id }
+
+// KV is the underlying store.
+func (in *Instance) KV() *kv.DB { return in.kv }
+
+// Stats returns a copy of the counters.
+func (in *Instance) Stats() Stats {
+	in.statsMu.Lock()
+	defer in.statsMu.Unlock()
+	return in.stats
+}
+
+func (in *Instance) nowMs() int64 { return in.now().UnixMilli() }
+
+// ---- requests to the writer ----
+
+// Durability says how far a commit must reach before Commit returns.
+type Durability int
+
+const (
+	// Journal: in the kv journal, so it survives the process being killed.
+	Journal Durability = iota
+	// Sync: also fsynced, so it survives a power cut.
+	Sync
+)
+
+type request struct {
+	commit *commitReq
+	create *createReq
+	apply   []decoded
+	missing bool
+	origin  string
+	sync   bool
+	done   chan result
+}
+
+type result struct {
+	id    ID
+	apply ApplyResult
+	err   error
+}
+
+type commitReq struct {
+	db     ID
+	stores []StoreNode // ops only; names sorted later
+}
+
+type createReq struct {
+	name, description string
+}
+
+type decoded struct {
+	raw []byte
+	e   *Entry
+	id  ID
+}
+
+func (in *Instance) do(r *request) result {
+	r.done = make(chan result, 1)
+	select {
+	case in.reqs <- r:
+	case <-in.quit:
+		return result{err: ErrClosed}
+	}
+	select {
+	case res := <-r.done:
+		return res
+	case <-in.stopped:
+		select {
+		case res := <-r.done:
+			return res
+		default:
+			return result{err: ErrClosed}
+		}
+	}
+}
+
+func (in *Instance) run() {
+	defer close(in.stopped)
+	for {
+		var batch []*request
+		select {
+		case r := <-in.reqs:
+			batch = append(batch, r)
+		case <-in.quit:
+			return
+		}
+	drain:
+		for len(batch) < 512 {
+			select {
+			case r := <-in.reqs:
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		in.process(batch)
+	}
+}
+
+// group is the work of one kv write: the requests' changes staged over the store,
+// with copy-on-write database states published only once the write succeeded.
+type group struct {
+	in      *Instance
+	s       *kv.Staging
+	dbs     map[ID]*dbState // working copies
+	names   map[string]ID   // names added
+	dirty   map[ID]map[string]bool
+	events  []Event
+	commits uint64
+	applied uint64
+}
+
+func (in *Instance) process(batch []*request) {
+	g := &group{in: in, s: kv.NewStaging(in.kv), dbs: map[ID]*dbState{}, names: map[string]ID{}, dirty: map[ID]map[string]bool{}}
+	res := make([]result, len(batch))
+	sync := false
+	for i, r := range batch {
+		switch {
+		case r.commit != nil:
+			res[i].id, res[i].err = g.commit(r.commit)
+		case r.create != nil:
+			res[i].id, res[i].err = g.create(r.create)
+		case r.missing:
+			res[i].apply.Applied = g.missing()
+		default:
+			res[i].apply = g.applyAll(r.apply, r.origin)
+		}
+		sync = sync || r.sync
+	}
+	err := g.flush(sync)
+	if err == nil {
+		in.mu.Lock()
+		for id, st := range g.dbs {
+			in.dbs[id] = st
+		}
+		for n, id := range g.names {
+			in.names[n] = id
+		}
+		in.mu.Unlock()
+		in.statsMu.Lock()
+		in.stats.Groups++
+		in.stats.Commits += g.commits
+		in.stats.Applied += g.applied
+		if sync {
+			in.stats.Syncs++
+		}
+		in.statsMu.Unlock()
+		in.subs.publish(g.events)
+	}
+	for i, r := range batch {
+		if err != nil && res[i].err == nil {
+			res[i].err = fmt.Errorf("writing to the store: %w", err)
+			res[i].apply = ApplyResult{}
+		}
+		r.done <- res[i]
+	}
+}
+
+func (g *group) flush(sync bool) error {
+	for id, stores := range g.dirty {
+		st := g.dbs[id]
+		for s := range stores {
+			g.s.Put(storePrefix(pTips, id, s), marshal(st.storeTips[s]))
+		}
+		g.s.Put(key(pDB, id[:]), marshal(&st.rec))
+	}
+	return g.in.kv.Write(g.s.Batch(), sync)
+}
+
+// db returns the group's working copy of a database's state.
+func (g *group) db(id ID) *dbState {
+	if st, ok := g.dbs[id]; ok {
+		return st
+	}
+	g.in.mu.RLock()
+	st, ok := g.in.dbs[id]
+	g.in.mu.RUnlock()
+	if !ok {
+		return nil
+	}
+	st = st.clone()
+	g.dbs[id] = st
+	return st
+}
+
+func (g *group) nameTaken(n string) bool {
+	if _, ok := g.names[n]; ok {
+		return true
+	}
+	g.in.mu.RLock()
+	defer g.in.mu.RUnlock()
+	_, ok := g.in.names[n]
+	return ok
+}
+
+func (g *group) create(c *createReq) (ID, error) {
+	if g.nameTaken(c.name) {
+		return ID{}, fmt.Errorf("database %q: %w", c.name, ErrExists)
+	}
+	now := g.in.nowMs()
+	ops := []Op{{Path: []string{"name"}, Kind: OpValue, Value: []byte(c.name)}}
+	if c.description != "" {
+		ops = append(ops, Op{Path: []string{"description"}, Kind: OpValue, Value: []byte(c.description)})
+	}
+	ops = append(ops, grantOps(g.in.id.Public().String(), "", PermAdmin)...)
+	e := &Entry{Height: uint64(now), Time: now, Entropy: make([]byte, 16),
+		Stores: []StoreNode{{Name: SettingsStore, Ops: ops}}}
+	_, _ = rand.Read(e.Entropy)
+	raw, id := e.sign(g.in.id)
+	if _, err := g.applyRoot(raw, e, id, c.name); err != nil {
+		return ID{}, err
+	}
+	g.commits++
+	return id, nil
+}
+
+func (g *group) commit(c *commitReq) (ID, error) {
+	st := g.db(c.db)
+	if st == nil {
+		return ID{}, ErrUnknownDatabase
+	}
+	settings, err := st.settingsFor(nil)
+	if err != nil {
+		return ID{}, err
+	}
+	need := PermWrite
+	for _, s := range c.stores {
+		if s.Name == SettingsStore {
+			need = PermAdmin
+		}
+	}
+	if settings.Permission(g.in.id.Public()) < need {
+		return ID{}, fmt.Errorf("%w: this node's key may not %s database %q", ErrNotAuthorized, map[bool]string{true: "change the settings of", false: "write"}[need == PermAdmin], st.rec.Name)
+	}
+	now := g.in.nowMs()
+	e := &Entry{Root: st.id, Parents: slices.Clone(st.rec.Tips), Height: max(uint64(now), st.rec.MaxH+1), Time: now}
+	for _, s := range c.stores {
+		e.Stores = append(e.Stores, StoreNode{Name: s.Name, Parents: slices.Clone(st.storeTips[s.Name]), Ops: s.Ops})
+	}
+	raw, id := e.sign(g.in.id)
+	vv, seq, err := g.clock(e)
+	if err != nil {
+		return ID{}, err
+	}
+	if err := g.store(st, raw, e, id, vv, seq, ""); err != nil {
+		return ID{}, err
+	}
+	g.commits++
+	return id, nil
+}
+
+// clock computes an entry's version vector and its author's sequence number from
+// its parents' (which must be present).
+func (g *group) clock(e *Entry) (vclock, uint64, error) {
+	vv := vclock{}
+	for _, p := range e.Parents {
+		m, err := getRec[entryMeta](g.s, key(pMeta, p[:]))
+		if err != nil {
+			return nil, 0, fmt.Errorf("parent %s: %w", p.Short(), err)
+		}
+		for a, s := range m.VV {
+			vv[a] = max(vv[a], s)
+		}
+	}
+	seq := vv[string(e.Author[:])] + 1
+	vv[string(e.Author[:])] = seq
+	return vv, seq, nil
+}
+
+// ApplyResult reports what Apply did with each entry.
+type ApplyResult struct {
+	Applied    []ID // stored now, in order (includes earlier pending entries freed by these)
+	Duplicates int  // already stored
+	Pending    int  // waiting for parents
+	Rejected   []Rejected
+}
+
+// Rejected is an entry refused by validation.
+type Rejected struct {
+	ID  ID
+	Err error
+}
+
+// Apply validates and stores entries received from origin (a peer name, for
+// events). Entries may come in any order: one whose parents are missing waits in
+// memory until they arrive. Invalid entries are rejected and never stored.
+func (in *Instance) Apply(origin string, raws ...[]byte) (ApplyResult, error) {
+	var res ApplyResult
+	ds := make([]decoded, 0, len(raws))
+	for _, raw := range raws {
+		e, id, err := DecodeEntry(raw)
+		if err != nil {
+			res.Rejected = append(res.Rejected, Rejected{ID: hashID(raw), Err: err})
+			continue
+		}
+		ds = append(ds, decoded{raw: raw, e: e, id: id})
+	}
+	if len(res.Rejected) > 0 {
+		in.statsMu.Lock()
+		in.stats.Rejected += uint64(len(res.Rejected))
+		in.statsMu.Unlock()
+	}
+	if len(ds) == 0 {
+		return res, nil
+	}
+	r := in.do(&request{apply: ds, origin: origin})
+	r.apply.Rejected = append(res.Rejected, r.apply.Rejected...)
+	return r.apply, r.err
+}
+
+// Missing lists parents that buffered entries wait for, so sync can ask for them.
+func (in *Instance) Missing() []ID {
+	r := in.do(&request{missing: true})
+	return r.apply.Applied
+}
+
+func (g *group) missing() []ID {
+	var ids []ID
+	for id := range g.in.waiting {
+		if _, pend := g.in.pending[id]; !pend {
+			ids = append(ids, id)
+		}
+	}
+	return sortIDs(ids)
+}
+
+func (g *group) applyAll(ds []decoded, origin string) ApplyResult {
+	var res ApplyResult
+	for _, d := range ds {
+		g.applyOne(d, origin, &res)
+	}
+	if len(res.Rejected) > 0 {
+		g.in.statsMu.Lock()
+		g.in.stats.Rejected += uint64(len(res.Rejected))
+		g.in.statsMu.Unlock()
+	}
+	return res
+}
+
+func (g *group) applyOne(d decoded, origin string, res *ApplyResult) {
+	if ok, err := g.s.Has(key(pMeta, d.id[:])); err != nil || ok {
+		res.Duplicates++
+		return
+	}
+	if _, ok := g.in.pending[d.id]; ok {
+		res.Duplicates++
+		return
+	}
+	missing := map[ID]bool{}
+	for _, p := range d.e.Parents {
+		if ok, _ := g.s.Has(key(pMeta, p[:])); !ok {
+			missing[p] = true
+		}
+	}
+	if len(missing) > 0 {
+		if len(g.in.pending) >= g.in.maxPending {
+			res.Rejected = append(res.Rejected, Rejected{ID: d.id, Err: ErrPendingFull})
+			return
+		}
+		g.in.pending[d.id] = &pendingEntry{raw: d.raw, e: d.e, id: d.id, origin: origin, missing: missing}
+		for p := range missing {
+			g.in.waiting[p] = append(g.in.waiting[p], d.id)
+		}
+		res.Pending++
+		return
+	}
+	var err error
+	if d.e.IsRoot() {
+		_, err = g.applyRoot(d.raw, d.e, d.id, "")
+	} else {
+		err = g.applyChild(d.raw, d.e, d.id, origin)
+	}
+	if err != nil {
+		res.Rejected = append(res.Rejected, Rejected{ID: d.id, Err: err})
+		g.dropWaiters(d.id, res)
+		return
+	}
+	g.applied++
+	res.Applied = append(res.Applied, d.id)
+	// Entries that waited for this one may now be complete.
+	waiters := g.in.waiting[d.id]
+	delete(g.in.waiting, d.id)
+	for _, w := range waiters {
+		pe, ok := g.in.pending[w]
+		if !ok {
+			continue
+		}
+		delete(pe.missing, d.id)
+		if len(pe.missing) == 0 {
+			delete(g.in.pending, w)
+			res.Pending--
+			g.applyOne(decoded{raw: pe.raw, e: pe.e, id: pe.id}, pe.origin, res)
+		}
+	}
+}
+
+// dropWaiters rejects entries that wait for a rejected one: they can never apply.
+func (g *group) dropWaiters(id ID, res *ApplyResult) {
+	waiters := g.in.waiting[id]
+	delete(g.in.waiting, id)
+	for _, w := range waiters {
+		if _, ok := g.in.pending[w]; ok {
+			delete(g.in.pending, w)
+			res.Pending--
+			res.Rejected = append(res.Rejected, Rejected{ID: w, Err: fmt.Errorf("%w: parent %s was rejected", ErrInvalidEntry, id.Short())})
+			g.dropWaiters(w, res)
+		}
+	}
+}
+
+func (g *group) applyRoot(raw []byte, e *Entry, id ID, name string) (ID, error) {
+	sn := e.Store(SettingsStore)
+	if sn == nil || len(e.Stores) != 1 {
+		return ID{}, fmt.Errorf("%w: a root entry holds the settings store and nothing else", ErrInvalidEntry)
+	}
+	se := &settingsEntry{id: id, h: e.Height, t: e.Time, author: e.Author, seq: 1, ops: sn.Ops}
+	settings, err := foldSettings([]*settingsEntry{se})
+	if err != nil {
+		return ID{}, err
+	}
+	if settings.Permission(e.Author) < PermAdmin {
+		return ID{}, fmt.Errorf("%w: root entry's author is not an admin of it", ErrNotAuthorized)
+	}
+	if name == "" {
+		name = g.freeName(settings.Name)
+	}
+	st := &dbState{id: id, rec: dbRecord{Name: name}, storeTips: map[string][]ID{}, cache: &settingsCache{m: map[string]*Settings{}}}
+	g.dbs[id] = st
+	g.names[name] = id
+	g.s.Put(key(pName, []byte(name)), id[:])
+	return id, g.store(st, raw, e, id, vclock{string(e.Author[:]): 1}, 1, "")
+}
+
+// freeName picks a local name for a database joined from elsewhere: its own name,
+// or the name with -2, -3 … if that is taken here.
+func (g *group) freeName(want string) string {
+	if want == "" || !validName(want) {
+		want = "db"
+	}
+	n := want
+	for i := 2; g.nameTaken(n); i++ {
+		n = want + "-" + strconv.Itoa(i)
+	}
+	return n
+}
+
+func (g *group) applyChild(raw []byte, e *Entry, id ID, origin string) error {
+	st := g.db(e.Root)
+	if st == nil {
+		return fmt.Errorf("%w %s", ErrUnknownDatabase, e.Root.Short())
+	}
+	for _, p := range e.Parents {
+		m, err := getRec[entryMeta](g.s, key(pMeta, p[:]))
+		if err != nil {
+			return err
+		}
+		if m.DB != st.id {
+			return fmt.Errorf("%w: parent %s belongs to another database", ErrInvalidEntry, p.Short())
+		}
+		if m.H >= e.Height {
+			return fmt.Errorf("%w: height %d is not above parent's %d", ErrInvalidEntry, e.Height, m.H)
+		}
+	}
+	vv, seq, err := g.clock(e)
+	if err != nil {
+		return err
+	}
+	parentVV := maps(vv)
+	parentVV[string(e.Author[:])] = seq - 1
+	settings, err := st.settingsFor(parentVV)
+	if err != nil {
+		return err
+	}
+	need := PermWrite
+	if e.Store(SettingsStore) != nil {
+		need = PermAdmin
+	}
+	if p := settings.Permission(e.Author); p < need {
+		return fmt.Errorf("%w: key %s has %s permission on database %q, needs %s", ErrNotAuthorized, e.Author.Short(), p, st.rec.Name, need)
+	}
+	for _, s := range e.Stores {
+		for _, sp := range s.Parents {
+			m, err := getRec[entryMeta](g.s, key(pMeta, sp[:]))
+			if err != nil {
+				return fmt.Errorf("%w: store parent %s missing", ErrInvalidEntry, sp.Short())
+			}
+			if m.DB != st.id || !slices.Contains(m.Stores, s.Name) || !parentVV.covers(m.A, m.S) {
+				return fmt.Errorf("%w: store parent %s of %q is not an ancestor touching that store", ErrInvalidEntry, sp.Short(), s.Name)
+			}
+		}
+	}
+	return g.store(st, raw, e, id, vv, seq, origin)
+}
+
+func maps(v vclock) vclock {
+	c := make(vclock, len(v))
+	for k, s := range v {
+		c[k] = s
+	}
+	return c
+}
+
+// store writes a validated entry and folds its ops into the materialised state.
+func (g *group) store(st *dbState, raw []byte, e *Entry, id ID, vv vclock, seq uint64, origin string) error {
+	ops := 0
+	names := make([]string, len(e.Stores))
+	for i, s := range e.Stores {
+		names[i] = s.Name
+		ops += len(s.Ops)
+	}
+	g.s.Put(key(pEntry, id[:]), raw)
+	g.s.Put(key(pMeta, id[:]), marshal(&entryMeta{DB: st.id, H: e.Height, T: e.Time, A: e.Author, S: seq, VV: vv, Stores: names, Parents: e.Parents, Ops: ops}))
+	g.s.Put(key(pLog, st.id[:], heightBytes(e.Height), id[:]), nil)
+
+	st.rec.Tips = append(slices.DeleteFunc(st.rec.Tips, func(t ID) bool { return slices.Contains(e.Parents, t) }), id)
+	sortIDs(st.rec.Tips)
+	st.rec.MaxH = max(st.rec.MaxH, e.Height)
+	st.rec.Count++
+	dirty := g.dirty[st.id]
+	if dirty == nil {
+		dirty = map[string]bool{}
+		g.dirty[st.id] = dirty
+	}
+	a := &applied{id: id, e: e, seq: seq, vv: vv, loadOp: g.loadOp}
+	ev := Event{DB: st.id, Entry: id, Author: e.Author, Local: origin == "" && e.Author == g.in.id.Public(), Origin: origin, Height: e.Height, Time: e.Time}
+	for _, s := range e.Stores {
+		tips := slices.DeleteFunc(slices.Clone(st.storeTips[s.Name]), func(t ID) bool { return slices.Contains(s.Parents, t) })
+		st.storeTips[s.Name] = sortIDs(append(tips, id))
+		if !slices.Contains(st.rec.Stores, s.Name) {
+			st.rec.Stores = append(st.rec.Stores, s.Name)
+			sort.Strings(st.rec.Stores)
+		}
+		dirty[s.Name] = true
+		for i, op := range s.Ops {
+			if err := applyOp(g.s, st.id, s.Name, op, order{e.Height, id, uint32(i)}, a); err != nil {
+				return err
+			}
+			ev.Changes = append(ev.Changes, Change{Store: s.Name, Path: op.Path, Kind: op.Kind})
+		}
+		if s.Name == SettingsStore {
+			g.s.Put(key(pSettings, st.id[:], heightBytes(e.Height), id[:]), nil)
+			se := &settingsEntry{id: id, h: e.Height, t: e.Time, author: e.Author, seq: seq, ops: s.Ops}
+			i := sort.Search(len(st.settings), func(i int) bool {
+				return order{e.Height, id, 0}.less(order{st.settings[i].h, st.settings[i].id, 0})
+			})
+			st.settings = slices.Insert(st.settings, i, se)
+		}
+	}
+	g.events = append(g.events, ev)
+	return nil
+}
+
+func (g *group) loadOp(store string, o order) (Op, error) {
+	raw, err := g.s.Get(key(pEntry, o.E[:]))
+	if err != nil {
+		return Op{}, err
+	}
+	var e Entry
+	if err := decMode.Unmarshal(raw, &e); err != nil {
+		return Op{}, err
+	}
+	sn := e.Store(store)
+	if sn == nil || int(o.I) >= len(sn.Ops) {
+		return Op{}, fmt.Errorf("entry %s has no op %d in %q", o.E.Short(), o.I, store)
+	}
+	return sn.Ops[o.I], nil
+}

@@ -1,0 +1,146 @@
+package engine
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Tx stages changes to any stores of one database; Commit writes them as one
+// signed entry. A Tx is not safe for concurrent use.
+type Tx struct {
+	db     *Database
+	stores []*StoreTx
+	err    error // first staging error; Commit returns it
+}
+
+// Begin starts a transaction.
+func (d *Database) Begin() *Tx { return &Tx{db: d} }
+
+// Store returns the staging handle for a store (creating the handle, not the store).
+func (t *Tx) Store(name string) *StoreTx {
+	for _, s := range t.stores {
+		if s.name == name {
+			return s
+		}
+	}
+	s := &StoreTx{tx: t, name: name}
+	if err := CheckStoreName(name); err != nil {
+		t.fail(err)
+	}
+	t.stores = append(t.stores, s)
+	return s
+}
+
+func (t *Tx) fail(err error) {
+	if t.err == nil {
+		t.err = err
+	}
+}
+
+// Empty reports whether nothing is staged.
+func (t *Tx) Empty() bool {
+	for _, s := range t.stores {
+		if len(s.ops) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Commit writes the staged changes as one entry and returns its id. With Journal it
+// returns once the entry is in the kv journal; with Sync, once it is on disk.
+// Concurrent commits are grouped into one kv write.
+func (t *Tx) Commit(d Durability) (ID, error) {
+	if t.err != nil {
+		return ID{}, t.err
+	}
+	var stores []StoreNode
+	for _, s := range t.stores {
+		if len(s.ops) > 0 {
+			stores = append(stores, StoreNode{Name: s.name, Ops: s.ops})
+		}
+	}
+	if len(stores) == 0 {
+		return ID{}, fmt.Errorf("empty transaction")
+	}
+	r := t.db.in.do(&request{commit: &commitReq{db: t.db.id, stores: stores}, sync: d == Sync})
+	return r.id, r.err
+}
+
+// StoreTx stages changes to one store.
+type StoreTx struct {
+	tx   *Tx
+	name string
+	ops  []Op
+}
+
+func (s *StoreTx) stage(path []string, kind OpKind, value []byte) *StoreTx {
+	for _, n := range path {
+		if err := CheckName(n); err != nil {
+			s.tx.fail(err)
+			return s
+		}
+	}
+	if len(value) > s.tx.db.in.maxValue {
+		s.tx.fail(fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(value), s.tx.db.in.maxValue))
+		return s
+	}
+	s.ops = append(s.ops, Op{Path: slices.Clone(path), Kind: kind, Value: slices.Clone(value)})
+	return s
+}
+
+// Set sets a top-level key.
+func (s *StoreTx) Set(key string, value []byte) *StoreTx { return s.SetPath([]string{key}, value) }
+
+// SetPath sets the value at a nested path, making the maps on the way.
+func (s *StoreTx) SetPath(path []string, value []byte) *StoreTx {
+	if len(path) == 0 {
+		s.tx.fail(fmt.Errorf("%w: empty path", ErrInvalidName))
+		return s
+	}
+	return s.stage(path, OpValue, value)
+}
+
+// SetLink makes path a symbolic link to target.
+func (s *StoreTx) SetLink(path []string, target string) *StoreTx {
+	if len(path) == 0 {
+		s.tx.fail(fmt.Errorf("%w: empty path", ErrInvalidName))
+		return s
+	}
+	return s.stage(path, OpLink, []byte(target))
+}
+
+// SetMap makes path an (empty, if new) nested map: a directory. The empty path
+// creates the store itself.
+func (s *StoreTx) SetMap(path []string) *StoreTx { return s.stage(path, OpMap, nil) }
+
+// Delete removes path and everything below it. The empty path removes the store.
+func (s *StoreTx) Delete(path []string) *StoreTx { return s.stage(path, OpDelete, nil) }
+
+// Clear replaces the map at path with an empty one, as `rm -r p; mkdir p` does.
+func (s *StoreTx) Clear(path []string) *StoreTx {
+	return s.stage(path, OpDelete, nil).stage(path, OpMap, nil)
+}
+
+// Get reads path as this transaction would leave it: staged changes over the
+// committed state.
+func (s *StoreTx) Get(path []string) (Node, error) {
+	for i := len(s.ops) - 1; i >= 0; i-- {
+		op := s.ops[i]
+		switch {
+		case slices.Equal(op.Path, path):
+			if op.Kind == OpDelete {
+				return Node{}, ErrNotFound
+			}
+			return Node{Kind: op.Kind, Size: int64(len(op.Value)), Value: op.Value}, nil
+		case len(op.Path) < len(path) && slices.Equal(op.Path, path[:len(op.Path)]):
+			switch op.Kind {
+			case OpDelete:
+				return Node{}, ErrNotFound
+			case OpValue, OpLink:
+				return Node{}, ErrNotDir
+			}
+		}
+	}
+	return s.tx.db.Get(s.name, path)
+}

@@ -1,0 +1,163 @@
+package kv
+
+import (
+	"bytes"
+
+	"github.com/syndtr/goleveldb/leveldb/comparer"
+	"github.com/syndtr/goleveldb/leveldb/memdb"
+	"github.com/syndtr/goleveldb/leveldb/util"
+)
+
+// Staging is a batch that can be read before it is written: reads see the staged
+// writes over a base Reader. The engine applies a group of commits into one Staging
+// and writes it with a single DB.Write. Not safe for concurrent use.
+type Staging struct {
+	base    Reader
+	puts    *memdb.DB
+	deleted map[string]bool
+	batch   Batch
+}
+
+// NewStaging starts an empty staging area over base.
+func NewStaging(base Reader) *Staging {
+	return &Staging{base: base, puts: memdb.New(comparer.DefaultComparer, 1<<16), deleted: map[string]bool{}}
+}
+
+// Put stages key=value.
+func (s *Staging) Put(key, value []byte) {
+	_ = s.puts.Put(key, value)
+	delete(s.deleted, string(key))
+	s.batch.Put(key, value)
+}
+
+// Delete stages the removal of key.
+func (s *Staging) Delete(key []byte) {
+	_ = s.puts.Delete(key)
+	s.deleted[string(key)] = true
+	s.batch.Delete(key)
+}
+
+// Batch is what Write should apply.
+func (s *Staging) Batch() *Batch { return &s.batch }
+
+// Len is the number of staged writes.
+func (s *Staging) Len() int { return s.batch.Len() }
+
+// Get: see Reader.
+func (s *Staging) Get(key []byte) ([]byte, error) {
+	if v, err := s.puts.Get(key); err == nil {
+		return bytes.Clone(v), nil
+	}
+	if s.deleted[string(key)] {
+		return nil, ErrNotFound
+	}
+	return s.base.Get(key)
+}
+
+// Has: see Reader.
+func (s *Staging) Has(key []byte) (bool, error) {
+	if s.puts.Contains(key) {
+		return true, nil
+	}
+	if s.deleted[string(key)] {
+		return false, nil
+	}
+	return s.base.Has(key)
+}
+
+// Iterate: see Reader. Staged writes are merged into the base's keys.
+func (s *Staging) Iterate(prefix []byte, reverse bool, fn func(k, v []byte) bool) error {
+	type kvp struct{ k, v []byte }
+	var staged []kvp
+	it := s.puts.NewIterator(util.BytesPrefix(prefix))
+	for it.Next() {
+		staged = append(staged, kvp{bytes.Clone(it.Key()), bytes.Clone(it.Value())})
+	}
+	it.Release()
+	if reverse {
+		for i, j := 0, len(staged)-1; i < j; i, j = i+1, j-1 {
+			staged[i], staged[j] = staged[j], staged[i]
+		}
+	}
+	before := func(a, b []byte) bool {
+		if reverse {
+			return bytes.Compare(a, b) > 0
+		}
+		return bytes.Compare(a, b) < 0
+	}
+	stopped := false
+	err := s.base.Iterate(prefix, reverse, func(k, v []byte) bool {
+		for len(staged) > 0 && before(staged[0].k, k) {
+			if !fn(staged[0].k, staged[0].v) {
+				stopped = true
+				return false
+			}
+			staged = staged[1:]
+		}
+		if len(staged) > 0 && bytes.Equal(staged[0].k, k) {
+			return true // the staged value replaces this one; emitted next round
+		}
+		if s.deleted[string(k)] {
+			return true
+		}
+		if !fn(k, v) {
+			stopped = true
+			return false
+		}
+		return true
+	})
+	if err != nil || stopped {
+		return err
+	}
+	for _, p := range staged {
+		if !fn(p.k, p.v) {
+			break
+		}
+	}
+	return nil
+}
+
+// Seek: see Reader.
+func (s *Staging) Seek(prefix, key []byte, reverse bool) ([]byte, []byte, error) {
+	var sk, sv []byte
+	it := s.puts.NewIterator(util.BytesPrefix(prefix))
+	ok := it.Seek(key)
+	if reverse {
+		if ok {
+			ok = it.Prev()
+		} else {
+			ok = it.Last()
+		}
+	}
+	if ok {
+		sk, sv = bytes.Clone(it.Key()), bytes.Clone(it.Value())
+	}
+	it.Release()
+
+	from := key
+	bk, bv, err := s.base.Seek(prefix, from, reverse)
+	for err == nil && s.deleted[string(bk)] {
+		if reverse {
+			from = bk
+		} else {
+			from = append(bytes.Clone(bk), 0)
+		}
+		bk, bv, err = s.base.Seek(prefix, from, reverse)
+	}
+	if err != nil && err != ErrNotFound {
+		return nil, nil, err
+	}
+	switch {
+	case sk == nil && err == ErrNotFound:
+		return nil, nil, ErrNotFound
+	case sk == nil:
+		return bk, bv, nil
+	case err == ErrNotFound:
+		return sk, sv, nil
+	}
+	c := bytes.Compare(sk, bk)
+	if c == 0 || (c < 0) != reverse {
+		return sk, sv, nil
+	}
+	return bk, bv, nil
+}
