@@ -216,6 +216,9 @@ func (in *Instance) Entry(id ID) ([]byte, error) {
 	if errors.Is(err, kv.ErrNotFound) {
 		return nil, fmt.Errorf("entry %s: %w", id.Short(), ErrNotFound)
 	}
+	if err == nil && hashID(b) != id {
+		return nil, fmt.Errorf("%w: stored entry %s does not match its id", ErrCorrupt, id.Short())
+	}
 	return b, err
 }
 
@@ -314,6 +317,9 @@ func (d *Database) Entries(from uint64, fn func(id ID, raw []byte) bool) error {
 			return true
 		}
 		raw, err := d.in.kv.Get(key(pEntry, id[:]))
+		if err == nil && hashID(raw) != id {
+			err = fmt.Errorf("%w: stored entry %s does not match its id", ErrCorrupt, id.Short())
+		}
 		if err != nil {
 			ferr = err
 			return false

@@ -24,6 +24,7 @@ var (
 	ErrTooLarge        = errors.New("value too large")
 	ErrReserved        = errors.New("name is reserved")
 	ErrPendingFull     = errors.New("too many entries waiting for their parents")
+	ErrCorrupt         = errors.New("data directory is corrupt")
 )
 
 // Options configure an Instance.
@@ -88,10 +89,10 @@ type entryMeta struct {
 }
 
 type dbRecord struct {
-	Name   string `cbor:"1,keyasint"` // local name
-	Tips   []ID   `cbor:"2,keyasint"`
-	MaxH   uint64 `cbor:"3,keyasint"`
-	Count  uint64 `cbor:"4,keyasint"`
+	Name   string   `cbor:"1,keyasint"` // local name
+	Tips   []ID     `cbor:"2,keyasint"`
+	MaxH   uint64   `cbor:"3,keyasint"`
+	Count  uint64   `cbor:"4,keyasint"`
 	Stores []string `cbor:"5,keyasint,omitempty"`
 }
 
@@ -289,13 +290,13 @@ const (
 )
 
 type request struct {
-	commit *commitReq
-	create *createReq
+	commit  *commitReq
+	create  *createReq
 	apply   []decoded
 	missing bool
 	origin  string
-	sync   bool
-	done   chan result
+	sync    bool
+	done    chan result
 }
 
 type result struct {
@@ -536,7 +537,7 @@ func (g *group) clock(e *Entry) (vclock, uint64, error) {
 type ApplyResult struct {
 	Applied    []ID // stored now, in order (includes earlier pending entries freed by these)
 	Duplicates int  // already stored
-	Pending    int  // waiting for parents
+	Pending    int  // entries (from any call) still waiting for parents
 	Rejected   []Rejected
 }
 
@@ -594,6 +595,7 @@ func (g *group) applyAll(ds []decoded, origin string) ApplyResult {
 	for _, d := range ds {
 		g.applyOne(d, origin, &res)
 	}
+	res.Pending = len(g.in.pending)
 	if len(res.Rejected) > 0 {
 		g.in.statsMu.Lock()
 		g.in.stats.Rejected += uint64(len(res.Rejected))
@@ -626,7 +628,6 @@ func (g *group) applyOne(d decoded, origin string, res *ApplyResult) {
 		for p := range missing {
 			g.in.waiting[p] = append(g.in.waiting[p], d.id)
 		}
-		res.Pending++
 		return
 	}
 	var err error
@@ -653,7 +654,6 @@ func (g *group) applyOne(d decoded, origin string, res *ApplyResult) {
 		delete(pe.missing, d.id)
 		if len(pe.missing) == 0 {
 			delete(g.in.pending, w)
-			res.Pending--
 			g.applyOne(decoded{raw: pe.raw, e: pe.e, id: pe.id}, pe.origin, res)
 		}
 	}
@@ -666,7 +666,6 @@ func (g *group) dropWaiters(id ID, res *ApplyResult) {
 	for _, w := range waiters {
 		if _, ok := g.in.pending[w]; ok {
 			delete(g.in.pending, w)
-			res.Pending--
 			res.Rejected = append(res.Rejected, Rejected{ID: w, Err: fmt.Errorf("%w: parent %s was rejected", ErrInvalidEntry, id.Short())})
 			g.dropWaiters(w, res)
 		}

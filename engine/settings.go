@@ -151,8 +151,8 @@ func foldSettings(entries []*settingsEntry) (*Settings, error) {
 // emptyReader is a kv.Reader with nothing in it.
 type emptyReader struct{}
 
-func (emptyReader) Get([]byte) ([]byte, error)                        { return nil, kv.ErrNotFound }
-func (emptyReader) Has([]byte) (bool, error)                          { return false, nil }
+func (emptyReader) Get([]byte) ([]byte, error)                         { return nil, kv.ErrNotFound }
+func (emptyReader) Has([]byte) (bool, error)                           { return false, nil }
 func (emptyReader) Iterate([]byte, bool, func(k, v []byte) bool) error { return nil }
 func (emptyReader) Seek([]byte, []byte, bool) ([]byte, []byte, error) {
 	return nil, nil, kv.ErrNotFound

@@ -1,0 +1,132 @@
+package engine
+
+import (
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/eidefs/eidefs/kv"
+)
+
+func TestValuesSurviveReopen(t *testing.T) {
+	dir := t.TempDir()
+	id := NewIdentity()
+	open := func() (*kv.DB, *Instance) {
+		store, err := kv.Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, err := Open(store, Options{Identity: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return store, in
+	}
+	store, in := open()
+	db, _ := in.CreateDatabase("notes")
+	tx := db.Begin()
+	tx.Store("todo").Set("milk", []byte("2 litres"))
+	first := mustCommit(t, tx)
+	if _, err := kv.Open(dir); !errors.Is(err, kv.ErrInUse) {
+		t.Fatalf("second open: %v, want ErrInUse", err)
+	}
+	in.Close()
+	store.Close()
+
+	store, in = open()
+	defer store.Close()
+	defer in.Close()
+	db, err := in.Database("notes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := getString(t, db, "todo", "milk"); got != "2 litres" {
+		t.Fatalf("after reopen: %q", got)
+	}
+	if tips := db.Tips(); !slices.Equal(tips, []ID{first}) {
+		t.Fatalf("tips %v, want [%s]", tips, first.Short())
+	}
+	tx = db.Begin()
+	tx.Store("todo").Set("eggs", []byte("6"))
+	mustCommit(t, tx)
+	if got := names(t, db, "todo"); !slices.Equal(got, []string{"eggs", "milk"}) {
+		t.Fatalf("ls = %v", got)
+	}
+}
+
+func TestConcurrentCommitsAreGrouped(t *testing.T) {
+	in := newInstance(t, nil)
+	db, _ := in.CreateDatabase("d")
+	before := in.Stats()
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				tx := db.Begin()
+				tx.Store("s").Set(string(rune('a'+w)), []byte{byte(i)})
+				if _, err := tx.Commit(Sync); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	st := in.Stats()
+	commits, groups := st.Commits-before.Commits, st.Groups-before.Groups
+	if commits != 400 {
+		t.Fatalf("commits = %d", commits)
+	}
+	if groups >= commits {
+		t.Fatalf("%d commits took %d kv writes; want grouping", commits, groups)
+	}
+	// One chain: every commit has the previous ones as ancestors.
+	if tips := db.Tips(); len(tips) != 1 {
+		t.Fatalf("tips = %d, want 1", len(tips))
+	}
+	t.Logf("%d commits in %d kv writes", commits, groups)
+}
+
+func TestIndependentStoreRootsMerge(t *testing.T) {
+	a, b := newInstance(t, nil), newInstance(t, nil)
+	da, _ := a.CreateDatabase("d")
+	da.Grant(WildcardKey, "", PermWrite)
+	syncAll(t, a, b)
+	db, _ := b.DatabaseByID(da.ID())
+	// Both sides create store "s" without knowing of the other.
+	tx := da.Begin()
+	tx.Store("s").Set("from-a", []byte("1"))
+	mustCommit(t, tx)
+	tx = db.Begin()
+	tx.Store("s").Set("from-b", []byte("2"))
+	mustCommit(t, tx)
+	syncAll(t, a, b)
+	syncAll(t, b, a)
+	for _, d := range []*Database{da, db} {
+		if got := names(t, d, "s"); !slices.Equal(got, []string{"from-a", "from-b"}) {
+			t.Fatalf("ls s = %v", got)
+		}
+	}
+}
+
+func TestRecreatedMapStaysEmptyOnReplicas(t *testing.T) {
+	a, b := newInstance(t, nil), newInstance(t, nil)
+	da, _ := a.CreateDatabase("d")
+	da.Grant(WildcardKey, "", PermWrite)
+	tx := da.Begin()
+	tx.Store("s").SetPath([]string{"dir", "old"}, []byte("1"))
+	mustCommit(t, tx)
+	syncAll(t, a, b)
+	db, _ := b.DatabaseByID(da.ID())
+	tx = db.Begin()
+	tx.Store("s").Clear([]string{"dir"}) // rm -r dir; mkdir dir
+	mustCommit(t, tx)
+	syncAll(t, b, a)
+	for _, d := range []*Database{da, db} {
+		if got := names(t, d, "s", "dir"); len(got) != 0 {
+			t.Fatalf("dir = %v, want empty", got)
+		}
+	}
+}
