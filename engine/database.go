@@ -54,11 +54,11 @@ type DatabaseInfo struct {
 }
 
 // CreateDatabase makes a new database, with this node's key as its admin.
-func (in *Instance) CreateDatabase(name string) (*Database, error) {
+func (in *Instance) CreateDatabase(name, description string) (*Database, error) {
 	if err := CheckName(name); err != nil {
 		return nil, err
 	}
-	r := in.do(&request{create: &createReq{name: name}})
+	r := in.do(&request{create: &createReq{name: name, description: description}})
 	if r.err != nil {
 		return nil, r.err
 	}

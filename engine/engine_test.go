@@ -72,7 +72,7 @@ func names(t testing.TB, db *Database, store string, path ...string) []string {
 
 func TestSetGetListDelete(t *testing.T) {
 	in := newInstance(t, nil)
-	db, err := in.CreateDatabase("notes")
+	db, err := in.CreateDatabase("notes", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func TestSetGetListDelete(t *testing.T) {
 
 func TestDeleteAndRecreateMapIsEmpty(t *testing.T) {
 	in := newInstance(t, nil)
-	db, _ := in.CreateDatabase("d")
+	db, _ := in.CreateDatabase("d", "")
 	tx := db.Begin()
 	tx.Store("s").SetPath([]string{"dir", "a"}, []byte("1")).SetPath([]string{"dir", "b"}, []byte("2"))
 	mustCommit(t, tx)
@@ -129,7 +129,7 @@ func TestDeleteAndRecreateMapIsEmpty(t *testing.T) {
 
 func TestLargeValue(t *testing.T) {
 	in := newInstance(t, nil)
-	db, _ := in.CreateDatabase("d")
+	db, _ := in.CreateDatabase("d", "")
 	big := []byte(strings.Repeat("x", 100_000))
 	tx := db.Begin()
 	tx.Store("s").Set("big", big)
@@ -168,7 +168,7 @@ func syncAll(t testing.TB, src, dst *Instance) {
 
 func TestConcurrentWritesConvergeWithConflict(t *testing.T) {
 	a, b := newInstance(t, nil), newInstance(t, nil)
-	da, _ := a.CreateDatabase("notes")
+	da, _ := a.CreateDatabase("notes", "")
 	if _, err := da.Grant(b.Identity().Public().String(), "b", PermWrite); err != nil {
 		t.Fatal(err)
 	}

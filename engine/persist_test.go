@@ -24,7 +24,7 @@ func TestValuesSurviveReopen(t *testing.T) {
 		return store, in
 	}
 	store, in := open()
-	db, _ := in.CreateDatabase("notes")
+	db, _ := in.CreateDatabase("notes", "")
 	tx := db.Begin()
 	tx.Store("todo").Set("milk", []byte("2 litres"))
 	first := mustCommit(t, tx)
@@ -57,7 +57,7 @@ func TestValuesSurviveReopen(t *testing.T) {
 
 func TestConcurrentCommitsAreGrouped(t *testing.T) {
 	in := newInstance(t, nil)
-	db, _ := in.CreateDatabase("d")
+	db, _ := in.CreateDatabase("d", "")
 	before := in.Stats()
 	var wg sync.WaitGroup
 	for w := 0; w < 8; w++ {
@@ -91,7 +91,7 @@ func TestConcurrentCommitsAreGrouped(t *testing.T) {
 
 func TestIndependentStoreRootsMerge(t *testing.T) {
 	a, b := newInstance(t, nil), newInstance(t, nil)
-	da, _ := a.CreateDatabase("d")
+	da, _ := a.CreateDatabase("d", "")
 	da.Grant(WildcardKey, "", PermWrite)
 	syncAll(t, a, b)
 	db, _ := b.DatabaseByID(da.ID())
@@ -113,7 +113,7 @@ func TestIndependentStoreRootsMerge(t *testing.T) {
 
 func TestRecreatedMapStaysEmptyOnReplicas(t *testing.T) {
 	a, b := newInstance(t, nil), newInstance(t, nil)
-	da, _ := a.CreateDatabase("d")
+	da, _ := a.CreateDatabase("d", "")
 	da.Grant(WildcardKey, "", PermWrite)
 	tx := da.Begin()
 	tx.Store("s").SetPath([]string{"dir", "old"}, []byte("1"))

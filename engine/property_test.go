@@ -194,7 +194,7 @@ func TestReplicasConverge(t *testing.T) {
 			reps[i] = newInstance(t, nil)
 			reps[i].now = func() time.Time { return time.UnixMilli(now.Load() + skew) }
 		}
-		db0, err := reps[0].CreateDatabase("d")
+		db0, err := reps[0].CreateDatabase("d", "")
 		if err != nil {
 			rt.Fatal(err)
 		}

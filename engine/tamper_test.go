@@ -8,7 +8,7 @@ import (
 // twoNodes: a owns database "d" and has made one data commit; b knows nothing yet.
 func twoNodes(t *testing.T) (a, b *Instance, da *Database, raws [][]byte) {
 	a, b = newInstance(t, nil), newInstance(t, nil)
-	da, err := a.CreateDatabase("d")
+	da, err := a.CreateDatabase("d", "")
 	if err != nil {
 		t.Fatal(err)
 	}

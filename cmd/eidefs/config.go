@@ -1,0 +1,114 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is eidefs.toml. Every key, with its default, is in eidefs.toml.example.
+type Config struct {
+	Name      string   `toml:"name"`
+	Listen    []string `toml:"listen"`
+	LogLevel  string   `toml:"log_level"`
+	MaxValue  string   `toml:"max_value"`
+	LocalOnly []string `toml:"local_only"`
+
+	Cache struct {
+		Entry duration `toml:"entry_timeout"`
+		Attr  duration `toml:"attr_timeout"`
+	} `toml:"cache"`
+}
+
+type duration struct{ time.Duration }
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("bad duration %q (want e.g. 1s, 500ms)", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+func (d duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// defaultLocalOnly are editor and tool scratch files kept out of replication.
+var defaultLocalOnly = []string{
+	".*.swp", ".*.swx", ".*.swo", "*~", ".#*", "#*#", "4913", ".~lock.*#",
+	"sed??????", ".sed*", "*.tmp", ".goutputstream-*", ".nfs*",
+}
+
+func defaultConfig() Config {
+	host, _ := os.Hostname()
+	c := Config{Name: host, LogLevel: "info", MaxValue: "64MiB", LocalOnly: defaultLocalOnly}
+	c.Cache.Entry.Duration = time.Second
+	c.Cache.Attr.Duration = time.Second
+	return c
+}
+
+// loadConfig reads path over the defaults. Errors carry file, line and column.
+func loadConfig(path string) (Config, error) {
+	c := defaultConfig()
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return c, nil
+	} else if err != nil {
+		return c, err
+	}
+	md, err := toml.Decode(string(b), &c)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return c, fmt.Errorf("%s:%d:%d: %s", path, pe.Position.Line, pe.Position.Col, pe.Message)
+		}
+		return c, fmt.Errorf("%s: %v", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		k := und[0].String()
+		line, col := findKey(string(b), und[0][len(und[0])-1])
+		return c, fmt.Errorf("%s:%d:%d: unknown key %q", path, line, col, k)
+	}
+	if _, err := parseSize(c.MaxValue); err != nil {
+		line, col := findKey(string(b), "max_value")
+		return c, fmt.Errorf("%s:%d:%d: max_value: %v", path, line, col, err)
+	}
+	return c, nil
+}
+
+// findKey locates the first line that assigns key, for error messages.
+func findKey(text, key string) (int, int) {
+	re := regexp.MustCompile(`^\s*"?` + regexp.QuoteMeta(key) + `"?\s*=`)
+	for i, l := range strings.Split(text, "\n") {
+		if re.MatchString(l) {
+			return i + 1, strings.Index(l, key) + 1
+		}
+	}
+	return 1, 1
+}
+
+// parseSize parses "64MiB", "1GiB", "4096" …
+func parseSize(s string) (int, error) {
+	units := []struct {
+		suffix string
+		mult   int
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"B", 1}}
+	s = strings.TrimSpace(s)
+	mult := 1
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	var n int
+	if _, err := fmt.Sscanf(s, "%d", &n); err != nil || n <= 0 || fmt.Sprint(n) != s {
+		return 0, fmt.Errorf("bad size %q (want e.g. 64MiB)", s)
+	}
+	return n * mult, nil
+}

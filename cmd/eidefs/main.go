@@ -1,0 +1,54 @@
+// Command eidefs mounts replicated databases as a filesystem and manages them.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	root := newRootCmd()
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "eidefs:", userMessage(err))
+		os.Exit(exitCode(err))
+	}
+}
+
+// globals are the persistent flags.
+type globals struct {
+	data string
+	json bool
+}
+
+func newRootCmd() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "eidefs",
+		Short: "Replicated databases as a synced filesystem",
+		Long: `eidefs keeps databases of keys and values, signed and replicated between
+your machines, and mounts them as a filesystem: each database is a directory,
+each store a subdirectory, each key a file.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&g.data, "data", "", "data directory (default $EIDEFS_DATA, else "+defaultDataDir()+")")
+	root.AddCommand(
+		newInitCmd(g), newDBCmd(g), newSetCmd(g), newGetCmd(g), newLsCmd(g), newRmCmd(g),
+		newLogCmd(g), newConflictsCmd(g), newStatusCmd(g), newMountCmd(g),
+	)
+	return root
+}
+
+// usageError marks errors in how the command was called (exit code 2).
+type usageError struct{ error }
+
+func exitCode(err error) int {
+	var u usageError
+	if errors.As(err, &u) {
+		return 2
+	}
+	return 1
+}
