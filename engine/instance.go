@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -39,8 +40,8 @@ type Options struct {
 	MaxPending int
 }
 
-// Instance is one node's set of databases over one kv store. All writes go through
-// a single writer goroutine that groups concurrent commits into one kv write.
+// Instance is one node's set of databases over one kv store. Writes are applied one
+// group at a time (see do), each group in one kv write.
 type Instance struct {
 	kv         *kv.DB
 	id         *Identity
@@ -48,10 +49,11 @@ type Instance struct {
 	maxValue   int
 	maxPending int
 
-	reqs    chan *request
-	quit    chan struct{}
-	stopped chan struct{}
-	once    sync.Once
+	qmu     sync.Mutex // guards queue, leading and closed
+	queue   []*request
+	leading bool // a caller is processing the queue
+	closed  bool
+	idle    *sync.Cond // signalled when leading becomes false
 
 	mu    sync.RWMutex // guards dbs and names; dbState values are immutable once published
 	dbs   map[ID]*dbState
@@ -59,7 +61,7 @@ type Instance struct {
 
 	subs subscribers
 
-	// Owned by the writer goroutine.
+	// Owned by the leader (see do).
 	pending map[ID]*pendingEntry
 	waiting map[ID][]ID // missing parent -> entries waiting for it
 
@@ -163,7 +165,6 @@ func Open(store *kv.DB, o Options) (*Instance, error) {
 	}
 	in := &Instance{
 		kv: store, id: o.Identity, now: o.Now, maxValue: o.MaxValue, maxPending: o.MaxPending,
-		reqs: make(chan *request, 1024), quit: make(chan struct{}), stopped: make(chan struct{}),
 		dbs: map[ID]*dbState{}, names: map[string]ID{},
 		pending: map[ID]*pendingEntry{}, waiting: map[ID][]ID{},
 	}
@@ -176,10 +177,10 @@ func Open(store *kv.DB, o Options) (*Instance, error) {
 	if in.maxPending == 0 {
 		in.maxPending = 100_000
 	}
+	in.idle = sync.NewCond(&in.qmu)
 	if err := in.load(); err != nil {
 		return nil, err
 	}
-	go in.run()
 	return in, nil
 }
 
@@ -254,10 +255,15 @@ func loadSettingsEntry(r kv.Reader, id ID) (*settingsEntry, error) {
 	return &settingsEntry{id: id, h: e.Height, t: e.Time, author: e.Author, seq: m.S, ops: e.Store(SettingsStore).Ops}, nil
 }
 
-// Close stops the writer and waits for it; it does not close the kv store.
+// Close refuses new requests and waits for queued ones to finish; it does not
+// close the kv store.
 func (in *Instance) Close() error {
-	in.once.Do(func() { close(in.quit) })
-	<-in.stopped
+	in.qmu.Lock()
+	in.closed = true
+	for in.leading {
+		in.idle.Wait()
+	}
+	in.qmu.Unlock()
 	in.subs.closeAll()
 	return nil
 }
@@ -318,49 +324,60 @@ type decoded struct {
 	raw []byte
 	e   *Entry
 	id  ID
+	err error
 }
 
+// decodeAll decodes and verifies entries on all cores: signature checks are most
+// of the cost of applying foreign entries.
+func decodeAll(raws [][]byte) []decoded {
+	ds := make([]decoded, len(raws))
+	workers := min(runtime.GOMAXPROCS(0), (len(raws)+15)/16)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(raws); i += workers {
+				e, id, err := DecodeEntry(raws[i])
+				ds[i] = decoded{raw: raws[i], e: e, id: id, err: err}
+			}
+		}()
+	}
+	wg.Wait()
+	return ds
+}
+
+// do hands r to the writer and waits for its result. There is no writer goroutine:
+// the first caller to find no leader becomes it and processes everything queued,
+// its own request included, in groups of one kv write each; the others wait. A lone
+// committer thus never switches goroutines, and concurrent ones share writes.
 func (in *Instance) do(r *request) result {
 	r.done = make(chan result, 1)
-	select {
-	case in.reqs <- r:
-	case <-in.quit:
+	in.qmu.Lock()
+	if in.closed {
+		in.qmu.Unlock()
 		return result{err: ErrClosed}
 	}
-	select {
-	case res := <-r.done:
-		return res
-	case <-in.stopped:
-		select {
-		case res := <-r.done:
-			return res
-		default:
-			return result{err: ErrClosed}
-		}
+	in.queue = append(in.queue, r)
+	if in.leading {
+		in.qmu.Unlock()
+		return <-r.done
 	}
-}
-
-func (in *Instance) run() {
-	defer close(in.stopped)
-	for {
-		var batch []*request
-		select {
-		case r := <-in.reqs:
-			batch = append(batch, r)
-		case <-in.quit:
-			return
+	in.leading = true
+	for len(in.queue) > 0 {
+		batch := in.queue
+		if len(batch) > 512 {
+			batch = batch[:512]
 		}
-	drain:
-		for len(batch) < 512 {
-			select {
-			case r := <-in.reqs:
-				batch = append(batch, r)
-			default:
-				break drain
-			}
-		}
+		in.queue = in.queue[len(batch):]
+		in.qmu.Unlock()
 		in.process(batch)
+		in.qmu.Lock()
 	}
+	in.leading = false
+	in.idle.Broadcast()
+	in.qmu.Unlock()
+	return <-r.done
 }
 
 // group is the work of one kv write: the requests' changes staged over the store,
@@ -371,13 +388,14 @@ type group struct {
 	dbs     map[ID]*dbState // working copies
 	names   map[string]ID   // names added
 	dirty   map[ID]map[string]bool
+	metas   map[ID]*entryMeta // read or written in this group
 	events  []Event
 	commits uint64
 	applied uint64
 }
 
 func (in *Instance) process(batch []*request) {
-	g := &group{in: in, s: kv.NewStaging(in.kv), dbs: map[ID]*dbState{}, names: map[string]ID{}, dirty: map[ID]map[string]bool{}}
+	g := &group{in: in, s: kv.NewStaging(in.kv), dbs: map[ID]*dbState{}, names: map[string]ID{}, dirty: map[ID]map[string]bool{}, metas: map[ID]*entryMeta{}}
 	res := make([]result, len(batch))
 	sync := false
 	for i, r := range batch {
@@ -515,12 +533,25 @@ func (g *group) commit(c *commitReq) (ID, error) {
 	return id, nil
 }
 
+// meta returns an entry's meta, cached for the group (parents are read several times).
+func (g *group) meta(id ID) (*entryMeta, error) {
+	if m, ok := g.metas[id]; ok {
+		return m, nil
+	}
+	m, err := getRec[entryMeta](g.s, key(pMeta, id[:]))
+	if err != nil {
+		return nil, err
+	}
+	g.metas[id] = m
+	return m, nil
+}
+
 // clock computes an entry's version vector and its author's sequence number from
 // its parents' (which must be present).
 func (g *group) clock(e *Entry) (vclock, uint64, error) {
 	vv := vclock{}
 	for _, p := range e.Parents {
-		m, err := getRec[entryMeta](g.s, key(pMeta, p[:]))
+		m, err := g.meta(p)
 		if err != nil {
 			return nil, 0, fmt.Errorf("parent %s: %w", p.Short(), err)
 		}
@@ -552,14 +583,14 @@ type Rejected struct {
 // memory until they arrive. Invalid entries are rejected and never stored.
 func (in *Instance) Apply(origin string, raws ...[]byte) (ApplyResult, error) {
 	var res ApplyResult
-	ds := make([]decoded, 0, len(raws))
-	for _, raw := range raws {
-		e, id, err := DecodeEntry(raw)
-		if err != nil {
-			res.Rejected = append(res.Rejected, Rejected{ID: hashID(raw), Err: err})
+	ds := decodeAll(raws)
+	for i := 0; i < len(ds); {
+		if ds[i].err != nil {
+			res.Rejected = append(res.Rejected, Rejected{ID: hashID(ds[i].raw), Err: ds[i].err})
+			ds = slices.Delete(ds, i, i+1)
 			continue
 		}
-		ds = append(ds, decoded{raw: raw, e: e, id: id})
+		i++
 	}
 	if len(res.Rejected) > 0 {
 		in.statsMu.Lock()
@@ -714,7 +745,7 @@ func (g *group) applyChild(raw []byte, e *Entry, id ID, origin string) error {
 		return fmt.Errorf("%w %s", ErrUnknownDatabase, e.Root.Short())
 	}
 	for _, p := range e.Parents {
-		m, err := getRec[entryMeta](g.s, key(pMeta, p[:]))
+		m, err := g.meta(p)
 		if err != nil {
 			return err
 		}
@@ -744,7 +775,7 @@ func (g *group) applyChild(raw []byte, e *Entry, id ID, origin string) error {
 	}
 	for _, s := range e.Stores {
 		for _, sp := range s.Parents {
-			m, err := getRec[entryMeta](g.s, key(pMeta, sp[:]))
+			m, err := g.meta(sp)
 			if err != nil {
 				return fmt.Errorf("%w: store parent %s missing", ErrInvalidEntry, sp.Short())
 			}
@@ -773,7 +804,9 @@ func (g *group) store(st *dbState, raw []byte, e *Entry, id ID, vv vclock, seq u
 		ops += len(s.Ops)
 	}
 	g.s.Put(key(pEntry, id[:]), raw)
-	g.s.Put(key(pMeta, id[:]), marshal(&entryMeta{DB: st.id, H: e.Height, T: e.Time, A: e.Author, S: seq, VV: vv, Stores: names, Parents: e.Parents, Ops: ops}))
+	m := &entryMeta{DB: st.id, H: e.Height, T: e.Time, A: e.Author, S: seq, VV: vv, Stores: names, Parents: e.Parents, Ops: ops}
+	g.s.Put(key(pMeta, id[:]), marshal(m))
+	g.metas[id] = m
 	g.s.Put(key(pLog, st.id[:], heightBytes(e.Height), id[:]), nil)
 
 	st.rec.Tips = append(slices.DeleteFunc(st.rec.Tips, func(t ID) bool { return slices.Contains(e.Parents, t) }), id)

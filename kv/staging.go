@@ -2,39 +2,53 @@ package kv
 
 import (
 	"bytes"
-
-	"github.com/syndtr/goleveldb/leveldb/comparer"
-	"github.com/syndtr/goleveldb/leveldb/memdb"
-	"github.com/syndtr/goleveldb/leveldb/util"
+	"slices"
+	"strings"
 )
 
 // Staging is a batch that can be read before it is written: reads see the staged
 // writes over a base Reader. The engine applies a group of commits into one Staging
 // and writes it with a single DB.Write. Not safe for concurrent use.
+//
+// Point reads are map lookups; ordered reads (Iterate, Seek) sort the staged keys
+// under the prefix, which is cheap for the small groups the engine stages and only
+// needed off the common path.
 type Staging struct {
 	base    Reader
-	puts    *memdb.DB
+	puts    map[string][]byte
 	deleted map[string]bool
 	batch   Batch
 }
 
 // NewStaging starts an empty staging area over base.
 func NewStaging(base Reader) *Staging {
-	return &Staging{base: base, puts: memdb.New(comparer.DefaultComparer, 1<<16), deleted: map[string]bool{}}
+	return &Staging{base: base, puts: map[string][]byte{}, deleted: map[string]bool{}}
 }
 
 // Put stages key=value.
 func (s *Staging) Put(key, value []byte) {
-	_ = s.puts.Put(key, value)
+	s.puts[string(key)] = bytes.Clone(value)
 	delete(s.deleted, string(key))
 	s.batch.Put(key, value)
 }
 
 // Delete stages the removal of key.
 func (s *Staging) Delete(key []byte) {
-	_ = s.puts.Delete(key)
+	delete(s.puts, string(key))
 	s.deleted[string(key)] = true
 	s.batch.Delete(key)
+}
+
+// staged returns the staged keys with prefix, sorted.
+func (s *Staging) staged(prefix []byte) []string {
+	var ks []string
+	for k := range s.puts {
+		if strings.HasPrefix(k, string(prefix)) {
+			ks = append(ks, k)
+		}
+	}
+	slices.Sort(ks)
+	return ks
 }
 
 // Batch is what Write should apply.
@@ -45,7 +59,7 @@ func (s *Staging) Len() int { return s.batch.Len() }
 
 // Get: see Reader.
 func (s *Staging) Get(key []byte) ([]byte, error) {
-	if v, err := s.puts.Get(key); err == nil {
+	if v, ok := s.puts[string(key)]; ok {
 		return bytes.Clone(v), nil
 	}
 	if s.deleted[string(key)] {
@@ -56,7 +70,7 @@ func (s *Staging) Get(key []byte) ([]byte, error) {
 
 // Has: see Reader.
 func (s *Staging) Has(key []byte) (bool, error) {
-	if s.puts.Contains(key) {
+	if _, ok := s.puts[string(key)]; ok {
 		return true, nil
 	}
 	if s.deleted[string(key)] {
@@ -69,11 +83,9 @@ func (s *Staging) Has(key []byte) (bool, error) {
 func (s *Staging) Iterate(prefix []byte, reverse bool, fn func(k, v []byte) bool) error {
 	type kvp struct{ k, v []byte }
 	var staged []kvp
-	it := s.puts.NewIterator(util.BytesPrefix(prefix))
-	for it.Next() {
-		staged = append(staged, kvp{bytes.Clone(it.Key()), bytes.Clone(it.Value())})
+	for _, k := range s.staged(prefix) {
+		staged = append(staged, kvp{[]byte(k), s.puts[k]})
 	}
-	it.Release()
 	if reverse {
 		for i, j := 0, len(staged)-1; i < j; i, j = i+1, j-1 {
 			staged[i], staged[j] = staged[j], staged[i]
@@ -120,19 +132,14 @@ func (s *Staging) Iterate(prefix []byte, reverse bool, fn func(k, v []byte) bool
 // Seek: see Reader.
 func (s *Staging) Seek(prefix, key []byte, reverse bool) ([]byte, []byte, error) {
 	var sk, sv []byte
-	it := s.puts.NewIterator(util.BytesPrefix(prefix))
-	ok := it.Seek(key)
+	ks := s.staged(prefix)
+	i, _ := slices.BinarySearch(ks, string(key)) // first staged key >= key
 	if reverse {
-		if ok {
-			ok = it.Prev()
-		} else {
-			ok = it.Last()
-		}
+		i--
 	}
-	if ok {
-		sk, sv = bytes.Clone(it.Key()), bytes.Clone(it.Value())
+	if i >= 0 && i < len(ks) {
+		sk, sv = []byte(ks[i]), bytes.Clone(s.puts[ks[i]])
 	}
-	it.Release()
 
 	from := key
 	bk, bv, err := s.base.Seek(prefix, from, reverse)
