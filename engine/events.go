@@ -15,7 +15,7 @@ type Event struct {
 	Entry   ID
 	Author  PublicKey
 	Local   bool   // committed on this node
-	Origin  string // the peer it came from, for remote entries
+	Origin  string // the peer a remote entry came from; for a local one, its Tx's origin
 	Height  uint64
 	Time    int64
 	Changes []Change

@@ -314,6 +314,7 @@ type result struct {
 type commitReq struct {
 	db     ID
 	stores []StoreNode // ops only; names sorted later
+	origin string      // tags the commit's event (Tx.SetOrigin)
 }
 
 type createReq struct {
@@ -526,7 +527,7 @@ func (g *group) commit(c *commitReq) (ID, error) {
 	if err != nil {
 		return ID{}, err
 	}
-	if err := g.store(st, raw, e, id, vv, seq, ""); err != nil {
+	if err := g.store(st, raw, e, id, vv, seq, c.origin, true); err != nil {
 		return ID{}, err
 	}
 	g.commits++
@@ -723,7 +724,7 @@ func (g *group) applyRoot(raw []byte, e *Entry, id ID, name string) (ID, error) 
 	g.dbs[id] = st
 	g.names[name] = id
 	g.s.Put(key(pName, []byte(name)), id[:])
-	return id, g.store(st, raw, e, id, vclock{string(e.Author[:]): 1}, 1, "")
+	return id, g.store(st, raw, e, id, vclock{string(e.Author[:]): 1}, 1, "", name != "")
 }
 
 // freeName picks a local name for a database joined from elsewhere: its own name,
@@ -784,7 +785,7 @@ func (g *group) applyChild(raw []byte, e *Entry, id ID, origin string) error {
 			}
 		}
 	}
-	return g.store(st, raw, e, id, vv, seq, origin)
+	return g.store(st, raw, e, id, vv, seq, origin, false)
 }
 
 func maps(v vclock) vclock {
@@ -796,7 +797,7 @@ func maps(v vclock) vclock {
 }
 
 // store writes a validated entry and folds its ops into the materialised state.
-func (g *group) store(st *dbState, raw []byte, e *Entry, id ID, vv vclock, seq uint64, origin string) error {
+func (g *group) store(st *dbState, raw []byte, e *Entry, id ID, vv vclock, seq uint64, origin string, local bool) error {
 	ops := 0
 	names := make([]string, len(e.Stores))
 	for i, s := range e.Stores {
@@ -819,7 +820,7 @@ func (g *group) store(st *dbState, raw []byte, e *Entry, id ID, vv vclock, seq u
 		g.dirty[st.id] = dirty
 	}
 	a := &applied{id: id, e: e, seq: seq, vv: vv, loadOp: g.loadOp}
-	ev := Event{DB: st.id, Entry: id, Author: e.Author, Local: origin == "" && e.Author == g.in.id.Public(), Origin: origin, Height: e.Height, Time: e.Time}
+	ev := Event{DB: st.id, Entry: id, Author: e.Author, Local: local, Origin: origin, Height: e.Height, Time: e.Time}
 	for _, s := range e.Stores {
 		tips := slices.DeleteFunc(slices.Clone(st.storeTips[s.Name]), func(t ID) bool { return slices.Contains(s.Parents, t) })
 		st.storeTips[s.Name] = sortIDs(append(tips, id))

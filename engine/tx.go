@@ -10,8 +10,12 @@ import (
 type Tx struct {
 	db     *Database
 	stores []*StoreTx
+	origin string
 	err    error // first staging error; Commit returns it
 }
+
+// SetOrigin tags the commit's event, so a subscriber can tell its own commits.
+func (t *Tx) SetOrigin(origin string) { t.origin = origin }
 
 // Begin starts a transaction.
 func (d *Database) Begin() *Tx { return &Tx{db: d} }
@@ -63,7 +67,7 @@ func (t *Tx) Commit(d Durability) (ID, error) {
 	if len(stores) == 0 {
 		return ID{}, fmt.Errorf("empty transaction")
 	}
-	r := t.db.in.do(&request{commit: &commitReq{db: t.db.id, stores: stores}, sync: d == Sync})
+	r := t.db.in.do(&request{commit: &commitReq{db: t.db.id, stores: stores, origin: t.origin}, sync: d == Sync})
 	return r.id, r.err
 }
 

@@ -8,15 +8,15 @@ import (
 	"testing"
 )
 
-var binary string
+var eidefsBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "eidefs-cli")
 	if err != nil {
 		panic(err)
 	}
-	binary = filepath.Join(dir, "eidefs")
-	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+	eidefsBin = filepath.Join(dir, "eidefs")
+	if out, err := exec.Command("go", "build", "-o", eidefsBin, ".").CombinedOutput(); err != nil {
 		panic("building eidefs: " + err.Error() + "\n" + string(out))
 	}
 	code := m.Run()
@@ -24,10 +24,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// run runs the built binary with --data dir and returns stdout, stderr and the exit code.
+// run runs the built eidefsBin with --data dir and returns stdout, stderr and the exit code.
 func run(t *testing.T, dir string, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := exec.Command(binary, append([]string{"--data", dir}, args...)...)
+	cmd := exec.Command(eidefsBin, append([]string{"--data", dir}, args...)...)
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -86,7 +86,7 @@ func TestCLIWalkthrough(t *testing.T) {
 		t.Fatalf("log = %q", log)
 	}
 	// EIDEFS_DATA works in place of --data.
-	cmd := exec.Command(binary, "get", "notes", "todo", "shop", "fruit", "apples")
+	cmd := exec.Command(eidefsBin, "get", "notes", "todo", "shop", "fruit", "apples")
 	cmd.Env = append(os.Environ(), "EIDEFS_DATA="+dir)
 	if b, err := cmd.Output(); err != nil || string(b) != "3" {
 		t.Fatalf("with EIDEFS_DATA: %q %v", b, err)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -17,6 +16,9 @@ import (
 
 // withNode opens the data directory for the duration of fn.
 func withNode(g *globals, fn func(n *node) error) error {
+	if g.node != nil {
+		return fn(g.node)
+	}
 	n, err := openNode(g)
 	if err != nil {
 		return err
@@ -405,5 +407,3 @@ func newStatusCmd(g *globals) *cobra.Command {
 		},
 	}
 }
-
-var errNotImplemented = errors.New("not implemented yet")

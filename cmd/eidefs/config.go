@@ -40,8 +40,8 @@ func (d duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 
 // defaultLocalOnly are editor and tool scratch files kept out of replication.
 var defaultLocalOnly = []string{
-	".*.swp", ".*.swx", ".*.swo", "*~", ".#*", "#*#", "4913", ".~lock.*#",
-	"sed??????", ".sed*", "*.tmp", ".goutputstream-*", ".nfs*",
+	".*.sw?", ".*.sw?x", "*~", ".#*", "#*#", "4913", ".~lock.*#",
+	"sed??????", ".goutputstream-*",
 }
 
 func defaultConfig() Config {

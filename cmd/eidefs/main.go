@@ -10,6 +10,9 @@ import (
 )
 
 func main() {
+	if code, ok := forward(os.Args[1:]); ok {
+		os.Exit(code)
+	}
 	root := newRootCmd()
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "eidefs:", userMessage(err))
@@ -21,10 +24,12 @@ func main() {
 type globals struct {
 	data string
 	json bool
+	node *node // set when commands run inside a running mount (control socket)
 }
 
-func newRootCmd() *cobra.Command {
-	g := &globals{}
+func newRootCmd() *cobra.Command { return newRootCmdWith(&globals{}) }
+
+func newRootCmdWith(g *globals) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "eidefs",
 		Short: "Replicated databases as a synced filesystem",
@@ -38,6 +43,7 @@ each store a subdirectory, each key a file.`,
 	root.AddCommand(
 		newInitCmd(g), newDBCmd(g), newSetCmd(g), newGetCmd(g), newLsCmd(g), newRmCmd(g),
 		newLogCmd(g), newConflictsCmd(g), newStatusCmd(g), newMountCmd(g),
+		newExportCmd(g), newImportCmd(g),
 	)
 	return root
 }

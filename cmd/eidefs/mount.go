@@ -1,14 +1,136 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/eidefs/eidefs/fs"
+	"github.com/spf13/cobra"
+)
 
 func newMountCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var debug bool
+	c := &cobra.Command{
 		Use:   "mount DIR",
-		Short: "Mount the databases at DIR (runs in the foreground)",
+		Short: "Mount the databases at DIR (runs in the foreground; Ctrl-C unmounts)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return errNotImplemented
+			dir, err := filepath.Abs(args[0])
+			if err != nil {
+				return err
+			}
+			if err := checkMountPoint(dir); err != nil {
+				return err
+			}
+			n, err := openNode(g)
+			if err != nil {
+				return err
+			}
+			defer n.Close()
+			log := newLogger(n.cfg.LogLevel)
+			maxValue, _ := parseSize(n.cfg.MaxValue)
+			fsys, err := fs.Mount(dir, fs.Options{
+				Instance:     n.inst,
+				MaxValue:     maxValue,
+				LocalOnly:    n.cfg.LocalOnly,
+				EntryTimeout: n.cfg.Cache.Entry.Duration,
+				AttrTimeout:  n.cfg.Cache.Attr.Duration,
+				StatfsDir:    n.dir,
+				Debug:        debug,
+			})
+			if err != nil {
+				return fmt.Errorf("mounting %s: %w", dir, err)
+			}
+			ctl, err := serveControl(n, log)
+			if err != nil {
+				fsys.Unmount()
+				return err
+			}
+			defer ctl.Close()
+			log.Info("mounted", "dir", dir, "data", n.dir, "key", n.inst.Identity().Public().String())
+
+			sigs := make(chan os.Signal, 1)
+			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+			unmounted := make(chan struct{})
+			go func() { fsys.Wait(); close(unmounted) }()
+			select {
+			case s := <-sigs:
+				log.Info("unmounting", "signal", s.String())
+				if err := fsys.Unmount(); err != nil {
+					// Busy (a shell cd'ed inside, say): detach now; the kernel finishes
+					// the unmount when the last user goes.
+					log.Warn("mount point busy; detaching it", "err", err)
+					syscall.Unmount(dir, syscall.MNT_DETACH)
+				}
+			case <-unmounted:
+				fsys.FlushAll()
+				log.Info("unmounted from outside", "dir", dir)
+			}
+			return nil
 		},
 	}
+	c.Flags().BoolVar(&debug, "debug", false, "log every FUSE request")
+	return c
+}
+
+// checkMountPoint refuses a missing or non-empty directory and cleans up the dead
+// mount a killed eidefs leaves behind.
+func checkMountPoint(dir string) error {
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		return errors.New("no /dev/fuse: this system cannot serve FUSE filesystems (load the fuse module, or in a container pass --device /dev/fuse)")
+	}
+	if syscall.Geteuid() != 0 {
+		if _, err := exec.LookPath("fusermount3"); err != nil {
+			return errors.New("fusermount3 not found: install the fuse3 package to mount as a normal user")
+		}
+	}
+	fi, err := os.Stat(dir)
+	if errors.Is(err, syscall.ENOTCONN) {
+		if err := detach(dir); err != nil {
+			return fmt.Errorf("mount point %s is a dead mount (its process died) and could not be cleaned up: %w", dir, err)
+		}
+		fmt.Fprintf(os.Stderr, "eidefs: cleaned up a dead mount at %s left by a process that died\n", dir)
+		fi, err = os.Stat(dir)
+	}
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("mount point %s does not exist; create it with mkdir", dir)
+	} else if err != nil {
+		return fmt.Errorf("mount point %s: %w", dir, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("mount point %s is not a directory", dir)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("mount point %s: %w", dir, err)
+	}
+	if len(ents) > 0 {
+		return fmt.Errorf("mount point %s is not empty; use an empty directory", dir)
+	}
+	return nil
+}
+
+func detach(dir string) error {
+	if err := syscall.Unmount(dir, syscall.MNT_DETACH); err == nil {
+		return nil
+	}
+	out, err := exec.Command("fusermount3", "-uz", dir).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	return nil
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
 }

@@ -1,0 +1,363 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/eidefs/eidefs/engine"
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// content is a file's bytes while it is open (or local-only): all handles opened
+// at the same version share it, so a read sees another handle's unflushed writes,
+// as on a local disk. A remote change detaches a clean content from its node;
+// handles that hold it keep reading what they opened.
+type content struct {
+	data  []byte
+	dirty bool // written since loaded or last committed
+	mtime time.Time
+	refs  int
+}
+
+// fileNode is a key: a file whose bytes are the value.
+type fileNode struct {
+	gofs.Inode
+	fsys *FS
+
+	mu      sync.Mutex // guards the fields below
+	cur     *content   // content new opens share; nil when not loaded
+	local   bool       // in the local-only overlay: never committed
+	pending bool       // created here and not committed yet
+}
+
+var (
+	_ = (gofs.NodeOpener)((*fileNode)(nil))
+	_ = (gofs.NodeGetattrer)((*fileNode)(nil))
+	_ = (gofs.NodeSetattrer)((*fileNode)(nil))
+	_ = (gofs.NodeReader)((*fileNode)(nil))
+	_ = (gofs.NodeWriter)((*fileNode)(nil))
+	_ = (gofs.NodeFlusher)((*fileNode)(nil))
+	_ = (gofs.NodeFsyncer)((*fileNode)(nil))
+	_ = (gofs.NodeReleaser)((*fileNode)(nil))
+)
+
+// handle is one open file description.
+type handle struct {
+	c      *content
+	append bool
+	wrote  bool // write(2) went through this handle
+}
+
+// inMemoryLocked reports whether the node's truth is its content, not the engine.
+func (n *fileNode) inMemoryLocked() bool {
+	return n.local || n.pending || (n.cur != nil && n.cur.dirty)
+}
+
+func (n *fileNode) inMemory() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.inMemoryLocked()
+}
+
+func (n *fileNode) attrFromContent(c *content, out *fuse.Attr) {
+	n.fsys.setAttr(out, modeFile, int64(len(c.data)), c.mtime.UnixMilli())
+}
+
+func (n *fileNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.mu.Lock()
+	c := n.cur
+	if h, ok := f.(*handle); ok {
+		c = h.c
+	}
+	if c != nil && (c.dirty || n.local || n.pending) {
+		n.attrFromContent(c, &out.Attr)
+		n.mu.Unlock()
+		return 0
+	}
+	n.mu.Unlock()
+	l, errno := n.fsys.locate(n.EmbeddedInode())
+	if errno != 0 {
+		return errno
+	}
+	node, err := l.db.Stat(l.store, l.path)
+	if err != nil {
+		return toErrno(err)
+	}
+	n.fsys.setAttr(&out.Attr, modeFile, node.Size, node.Time)
+	return 0
+}
+
+func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if errno := n.fsys.checkSetattr(in, modeFile); errno != 0 {
+		return errno
+	}
+	if sz, ok := in.GetSize(); ok {
+		if sz > uint64(n.fsys.opts.MaxValue) {
+			return syscall.EFBIG
+		}
+		n.mu.Lock()
+		c := n.cur
+		if h, ok := f.(*handle); ok {
+			c = h.c
+		}
+		if c != nil {
+			resize(c, int(sz))
+			n.mu.Unlock()
+		} else {
+			n.mu.Unlock()
+			// truncate(2) on a file nobody has open: commit at once, as it returns.
+			l, errno := n.fsys.locate(n.EmbeddedInode())
+			if errno != 0 {
+				return errno
+			}
+			if errno := n.fsys.writable(l); errno != 0 {
+				return errno
+			}
+			cur, err := l.db.Get(l.store, l.path)
+			if err != nil {
+				return toErrno(err)
+			}
+			if int(sz) != len(cur.Value) {
+				c := &content{data: cur.Value}
+				resize(c, int(sz))
+				if errno := n.fsys.commit(l.db, engine.Journal, func(tx *engine.Tx) { tx.Store(l.store).SetPath(l.path, c.data) }); errno != 0 {
+					return errno
+				}
+			}
+		}
+	}
+	return n.Getattr(ctx, f, out)
+}
+
+func resize(c *content, sz int) {
+	if sz == len(c.data) {
+		return
+	}
+	if sz < len(c.data) {
+		c.data = c.data[:sz:sz]
+	} else {
+		c.data = append(c.data, make([]byte, sz-len(c.data))...)
+	}
+	c.dirty = true
+	c.mtime = time.Now()
+}
+
+func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.local && (write || n.cur == nil) {
+		l, errno := n.fsys.locate(n.EmbeddedInode())
+		if errno != 0 {
+			return nil, 0, errno
+		}
+		if write {
+			if errno := n.fsys.writable(l); errno != 0 {
+				return nil, 0, errno
+			}
+		}
+		if n.cur == nil {
+			node, err := l.db.Get(l.store, l.path)
+			if err != nil {
+				return nil, 0, toErrno(err)
+			}
+			n.cur = &content{data: node.Value, mtime: time.UnixMilli(node.Time)}
+		}
+	}
+	c := n.cur
+	c.refs++
+	n.fsys.track(n, true)
+	if write && flags&syscall.O_TRUNC != 0 {
+		resize(c, 0)
+	}
+	return &handle{c: c, append: flags&syscall.O_APPEND != 0}, 0, 0
+}
+
+func (n *fileNode) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h := f.(*handle)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if off >= int64(len(h.c.data)) {
+		return fuse.ReadResultData(nil), 0
+	}
+	k := copy(dest, h.c.data[off:])
+	return fuse.ReadResultData(dest[:k]), 0
+}
+
+func (n *fileNode) Write(ctx context.Context, f gofs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	h := f.(*handle)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c := h.c
+	if h.append {
+		off = int64(len(c.data))
+	}
+	end := off + int64(len(data))
+	if end > int64(n.fsys.opts.MaxValue) {
+		return 0, syscall.EFBIG
+	}
+	if end > int64(len(c.data)) {
+		if end > int64(cap(c.data)) {
+			grown := make([]byte, end, max(end, 2*int64(cap(c.data))))
+			copy(grown, c.data)
+			c.data = grown
+		} else {
+			c.data = c.data[:end]
+		}
+	}
+	copy(c.data[off:], data)
+	c.dirty = true
+	c.mtime = time.Now()
+	h.wrote = true
+	return uint32(len(data)), 0
+}
+
+// Flush runs on every close(2) of a descriptor. It commits what was written, so a
+// closed file survives the process being killed. A descriptor that wrote nothing
+// leaves the commit to Release: the shell's `echo x > f` opens (truncating), dups
+// and closes the first descriptor before writing, and that must not commit an
+// empty file first.
+func (n *fileNode) Flush(ctx context.Context, f gofs.FileHandle) syscall.Errno {
+	h := f.(*handle)
+	if !h.wrote {
+		return 0
+	}
+	return n.commitContent(h.c, engine.Journal)
+}
+
+func (n *fileNode) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) syscall.Errno {
+	if h, ok := f.(*handle); ok {
+		return n.commitContent(h.c, engine.Sync)
+	}
+	return 0
+}
+
+func (n *fileNode) Release(ctx context.Context, f gofs.FileHandle) syscall.Errno {
+	h := f.(*handle)
+	n.commitContent(h.c, engine.Journal) // creations and truncations without writes
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	h.c.refs--
+	if h.c.refs <= 0 && h.c == n.cur && !h.c.dirty && !n.local && !n.pending {
+		n.cur = nil
+		n.fsys.track(n, false)
+	}
+	return 0
+}
+
+// flush commits the node's current content (unmount, FlushAll).
+func (n *fileNode) flush(d engine.Durability) {
+	n.mu.Lock()
+	c := n.cur
+	n.mu.Unlock()
+	if c != nil {
+		n.commitContent(c, d)
+	}
+}
+
+// commitContent commits c as the key's value if it was written and differs from
+// what the database holds. The node lock is held throughout, so writes through
+// other handles wait for the commit rather than race it.
+func (n *fileNode) commitContent(c *content, d engine.Durability) syscall.Errno {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.local || !c.dirty {
+		return 0
+	}
+	l, errno := n.fsys.locate(n.EmbeddedInode())
+	if errno == syscall.ENOENT {
+		// Unlinked while open: its data goes with it, as on a local disk.
+		c.dirty, n.pending = false, false
+		return 0
+	} else if errno != 0 {
+		return errno
+	}
+	if cur, err := l.db.Get(l.store, l.path); err == nil && cur.Kind == engine.OpValue && bytes.Equal(cur.Value, c.data) && !n.fsys.isHidden(l) {
+		c.dirty, n.pending = false, false
+		return 0
+	}
+	n.fsys.unhide(l)
+	data := c.data
+	if errno := n.fsys.commit(l.db, d, func(tx *engine.Tx) { tx.Store(l.store).SetPath(l.path, data) }); errno != 0 {
+		return errno
+	}
+	c.dirty, n.pending = false, false
+	return 0
+}
+
+// dropClean forgets a clean loaded content after a remote change, so the next open
+// reads the new value.
+func (n *fileNode) dropClean() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cur != nil && !n.cur.dirty && !n.local && !n.pending {
+		n.cur = nil
+	}
+}
+
+func (f *FS) track(n *fileNode, open bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if open {
+		f.open[n] = true
+	} else {
+		delete(f.open, n)
+	}
+}
+
+// linkNode is a symbolic link stored as a link value.
+type linkNode struct {
+	gofs.Inode
+	fsys *FS
+}
+
+var _ = (gofs.NodeReadlinker)((*linkNode)(nil))
+
+func (n *linkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	l, errno := n.fsys.locate(n.EmbeddedInode())
+	if errno != 0 {
+		return nil, errno
+	}
+	node, err := l.db.Get(l.store, l.path)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	return node.Value, 0
+}
+
+func (n *linkNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	l, errno := n.fsys.locate(n.EmbeddedInode())
+	if errno != 0 {
+		return errno
+	}
+	node, err := l.db.Stat(l.store, l.path)
+	if err != nil {
+		return toErrno(err)
+	}
+	n.fsys.setAttr(&out.Attr, modeLink, node.Size, node.Time)
+	return 0
+}
+
+func (n *linkNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if errno := n.fsys.checkSetattr(in, modeLink); errno != 0 {
+		return errno
+	}
+	return n.Getattr(ctx, f, out)
+}
+
+// Extended attributes are not stored (yet): reads find none, writes are not
+// supported, which tools such as sed -i and cp -a treat as "no ACLs here".
+func (n *fileNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	return 0, syscall.ENODATA
+}
+func (n *fileNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	return syscall.ENOTSUP
+}
+func (n *fileNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	return syscall.ENOTSUP
+}
+func (n *fileNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) { return 0, 0 }

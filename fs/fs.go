@@ -1,0 +1,248 @@
+// Package fs serves eidefs databases as a FUSE filesystem (go-fuse v2, node API):
+// the root lists databases, a database lists its stores, a store holds keys as files
+// and nested maps as directories; <root>/.sync and <db>/.sync hold generated,
+// read-only status files.
+//
+// It owns the mapping from file operations to engine transactions (a file's writes
+// are buffered and committed once, on close or fsync) and the kernel cache
+// invalidation when entries arrive from elsewhere. It has no storage or network
+// code: everything goes through engine.
+package fs
+
+import (
+	"errors"
+	"hash/fnv"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/eidefs/eidefs/engine"
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// Options configure a mount.
+type Options struct {
+	Instance *engine.Instance
+	// MaxValue is the largest file; writes past it fail with EFBIG.
+	MaxValue int
+	// LocalOnly are glob patterns of file names kept in a local, never replicated
+	// overlay (editor swap files, sed -i temporaries).
+	LocalOnly []string
+	// EntryTimeout and AttrTimeout are the kernel cache lifetimes.
+	EntryTimeout, AttrTimeout time.Duration
+	// StatfsDir is a directory on the disk holding the data, reported by statfs.
+	StatfsDir string
+	// Debug logs every FUSE request.
+	Debug bool
+}
+
+// FS is a mounted filesystem.
+type FS struct {
+	inst     *engine.Instance
+	opts     Options
+	uid, gid uint32
+	root     *rootNode
+	server   *fuse.Server
+	sub      *engine.Subscription
+	done     chan struct{}
+
+	mu         sync.Mutex // guards hidden, hiddenLocs and open
+	hidden     map[string]*time.Timer
+	hiddenLocs map[string]loc
+	open       map[*fileNode]bool // nodes with content in memory
+}
+
+// originFS tags the commits made by the filesystem, whose kernel caches are
+// already right.
+const originFS = "fs"
+
+// hideDelay is how long a key renamed to a local-only name (an editor's backup)
+// stays hidden before its deletion is committed; re-creating it in that window
+// makes the save a single commit.
+const hideDelay = 2 * time.Second
+
+// Mount mounts the instance's databases at dir.
+func Mount(dir string, o Options) (*FS, error) {
+	if o.MaxValue == 0 {
+		o.MaxValue = 64 << 20
+	}
+	f := &FS{inst: o.Instance, opts: o, uid: uint32(syscall.Getuid()), gid: uint32(syscall.Getgid()),
+		hidden: map[string]*time.Timer{}, hiddenLocs: map[string]loc{}, open: map[*fileNode]bool{}, done: make(chan struct{})}
+	f.root = &rootNode{fsys: f}
+	entry, attr := o.EntryTimeout, o.AttrTimeout
+	var neg time.Duration // no negative caching: a peer may create any name
+	server, err := gofs.Mount(dir, f.root, &gofs.Options{
+		EntryTimeout:    &entry,
+		AttrTimeout:     &attr,
+		NegativeTimeout: &neg,
+		UID:             f.uid,
+		GID:             f.gid,
+		MountOptions: fuse.MountOptions{
+			FsName:      "eidefs",
+			Name:        "eidefs",
+			DirectMount: syscall.Geteuid() == 0,
+			MaxWrite:    1 << 20,
+			Debug:       o.Debug,
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	f.server = server
+	f.sub = f.inst.Subscribe()
+	go f.invalidateLoop()
+	return f, nil
+}
+
+// Wait blocks until the filesystem is unmounted.
+func (f *FS) Wait() { f.server.Wait() }
+
+// Unmount commits every buffered write, then unmounts.
+func (f *FS) Unmount() error {
+	f.FlushAll()
+	err := f.server.Unmount()
+	f.stop()
+	return err
+}
+
+func (f *FS) stop() {
+	select {
+	case <-f.done:
+	default:
+		close(f.done)
+		f.sub.Close()
+	}
+	f.mu.Lock()
+	var keys []string
+	for k, t := range f.hidden {
+		if t.Stop() {
+			keys = append(keys, k)
+		}
+	}
+	f.mu.Unlock()
+	for _, k := range keys {
+		f.commitHiddenDelete(k)
+	}
+}
+
+// FlushAll commits the buffered writes of every open file.
+func (f *FS) FlushAll() {
+	f.mu.Lock()
+	nodes := make([]*fileNode, 0, len(f.open))
+	for n := range f.open {
+		nodes = append(nodes, n)
+	}
+	f.mu.Unlock()
+	for _, n := range nodes {
+		n.flush(engine.Sync)
+	}
+}
+
+func (f *FS) isLocalOnly(name string) bool {
+	for _, p := range f.opts.LocalOnly {
+		if ok, _ := filepath.Match(p, name); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// ino derives a stable inode number from what a node is.
+func ino(kind byte, db engine.ID, store string, path []string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte{kind})
+	h.Write(db[:])
+	h.Write([]byte(store))
+	for _, p := range path {
+		h.Write([]byte{0})
+		h.Write([]byte(p))
+	}
+	v := h.Sum64()
+	if v < 16 {
+		v += 16 // low numbers are the root's and go-fuse's
+	}
+	return v
+}
+
+// toErrno maps engine errors to errnos: the one place that does.
+func toErrno(err error) syscall.Errno {
+	var en syscall.Errno
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &en):
+		return en
+	case errors.Is(err, engine.ErrNotFound), errors.Is(err, engine.ErrUnknownDatabase):
+		return syscall.ENOENT
+	case errors.Is(err, engine.ErrNotDir):
+		return syscall.ENOTDIR
+	case errors.Is(err, engine.ErrIsDir):
+		return syscall.EISDIR
+	case errors.Is(err, engine.ErrExists):
+		return syscall.EEXIST
+	case errors.Is(err, engine.ErrNameTooLong):
+		return syscall.ENAMETOOLONG
+	case errors.Is(err, engine.ErrTooLarge):
+		return syscall.EFBIG
+	case errors.Is(err, engine.ErrNotAuthorized):
+		return syscall.EACCES
+	case errors.Is(err, engine.ErrInvalidName), errors.Is(err, engine.ErrReserved):
+		return syscall.EPERM
+	}
+	return gofs.ToErrno(err)
+}
+
+func checkName(name string) syscall.Errno {
+	if len(name) > engine.MaxNameLen {
+		return syscall.ENAMETOOLONG
+	}
+	if name == ".sync" {
+		return syscall.EPERM
+	}
+	return 0
+}
+
+func (f *FS) setAttr(out *fuse.Attr, mode uint32, size int64, mtimeMs int64) {
+	out.Mode = mode
+	out.Size = uint64(size)
+	out.Blocks = (uint64(size) + 511) / 512
+	out.Blksize = 64 << 10
+	out.Nlink = 1 // unknown, as on btrfs, so find does not assume leaf dirs
+	t := time.UnixMilli(mtimeMs)
+	out.SetTimes(&t, &t, &t)
+	out.Uid, out.Gid = f.uid, f.gid
+}
+
+const (
+	modeDir  = syscall.S_IFDIR | 0o755
+	modeFile = syscall.S_IFREG | 0o644
+	modeLink = syscall.S_IFLNK | 0o777
+)
+
+// checkSetattr refuses real changes of mode or owner (EPERM) and accepts no-ops,
+// so sed -i, editors and tar x work.
+func (f *FS) checkSetattr(in *fuse.SetAttrIn, mode uint32) syscall.Errno {
+	if m, ok := in.GetMode(); ok && m&0o7777 != mode&0o7777 {
+		return syscall.EPERM
+	}
+	if u, ok := in.GetUID(); ok && u != f.uid {
+		return syscall.EPERM
+	}
+	if g, ok := in.GetGID(); ok && g != f.gid {
+		return syscall.EPERM
+	}
+	return 0
+}
+
+func (f *FS) statfs(out *fuse.StatfsOut) syscall.Errno {
+	var st syscall.Statfs_t
+	if f.opts.StatfsDir != "" && syscall.Statfs(f.opts.StatfsDir, &st) == nil {
+		out.FromStatfsT(&st)
+	} else {
+		out.Bsize = 4096
+	}
+	out.NameLen = engine.MaxNameLen
+	return 0
+}

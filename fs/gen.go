@@ -1,0 +1,131 @@
+package fs
+
+import (
+	"context"
+	"sort"
+	"syscall"
+	"time"
+
+	"github.com/eidefs/eidefs/engine"
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// genDir is a read-only directory of generated files (.sync). Everything that
+// would change it fails with EROFS.
+type genDir struct {
+	gofs.Inode
+	fsys  *FS
+	kind  byte
+	id    engine.ID
+	files map[string]func() []byte
+}
+
+var (
+	_ = (gofs.NodeLookuper)((*genDir)(nil))
+	_ = (gofs.NodeReaddirer)((*genDir)(nil))
+)
+
+func (f *FS) genDirInode(ctx context.Context, parent *gofs.Inode, kind byte, id engine.ID, files map[string]func() []byte, out *fuse.EntryOut) *gofs.Inode {
+	f.setAttr(&out.Attr, syscall.S_IFDIR|0o555, 0, time.Now().UnixMilli())
+	return parent.NewInode(ctx, &genDir{fsys: f, kind: kind, id: id, files: files}, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino(kind, id, "", nil)})
+}
+
+func (g *genDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	gen, ok := g.files[name]
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	out.SetEntryTimeout(0)
+	out.SetAttrTimeout(0)
+	g.fsys.setAttr(&out.Attr, syscall.S_IFREG|0o444, int64(len(gen())), time.Now().UnixMilli())
+	return g.NewInode(ctx, &genFile{fsys: g.fsys, gen: gen}, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: ino(g.kind, g.id, name, nil)}), 0
+}
+
+func (g *genDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	var names []string
+	for n := range g.files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var entries []fuse.DirEntry
+	for _, n := range names {
+		entries = append(entries, fuse.DirEntry{Name: n, Mode: syscall.S_IFREG, Ino: ino(g.kind, g.id, n, nil)})
+	}
+	return gofs.NewListDirStream(entries), 0
+}
+
+func (g *genDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	g.fsys.setAttr(&out.Attr, syscall.S_IFDIR|0o555, 0, time.Now().UnixMilli())
+	return 0
+}
+
+func (g *genDir) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	return syscall.EROFS
+}
+func (g *genDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EROFS
+}
+func (g *genDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	return nil, nil, 0, syscall.EROFS
+}
+func (g *genDir) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EROFS }
+func (g *genDir) Rmdir(ctx context.Context, name string) syscall.Errno  { return syscall.EROFS }
+func (g *genDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	return syscall.EROFS
+}
+func (g *genDir) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EROFS
+}
+func (g *genDir) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EROFS
+}
+func (g *genDir) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EROFS
+}
+
+// genFile is a generated file: its true size at getattr, a fresh snapshot per open,
+// read with direct I/O so the kernel never serves a stale copy.
+type genFile struct {
+	gofs.Inode
+	fsys *FS
+	gen  func() []byte
+}
+
+var (
+	_ = (gofs.NodeOpener)((*genFile)(nil))
+	_ = (gofs.NodeReader)((*genFile)(nil))
+)
+
+type genHandle struct{ data []byte }
+
+func (g *genFile) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	size := 0
+	if h, ok := f.(*genHandle); ok {
+		size = len(h.data)
+	} else {
+		size = len(g.gen())
+	}
+	g.fsys.setAttr(&out.Attr, syscall.S_IFREG|0o444, int64(size), time.Now().UnixMilli())
+	out.SetTimeout(0)
+	return 0
+}
+
+func (g *genFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	return syscall.EROFS
+}
+
+func (g *genFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		return nil, 0, syscall.EROFS
+	}
+	return &genHandle{data: g.gen()}, fuse.FOPEN_DIRECT_IO, 0
+}
+
+func (g *genFile) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	data := f.(*genHandle).data
+	if off >= int64(len(data)) {
+		return fuse.ReadResultData(nil), 0
+	}
+	return fuse.ReadResultData(data[off:min(int64(len(data)), off+int64(len(dest)))]), 0
+}

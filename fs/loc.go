@@ -1,0 +1,123 @@
+package fs
+
+import (
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/eidefs/eidefs/engine"
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+)
+
+// loc is where a node lives: database, store and path inside the store.
+type loc struct {
+	db    *engine.Database
+	store string
+	path  []string
+}
+
+func (l loc) child(name string) loc {
+	return loc{db: l.db, store: l.store, path: append(slices.Clone(l.path), name)}
+}
+
+func (l loc) key() string {
+	return l.db.ID().String() + "\x00" + l.store + "\x00" + strings.Join(l.path, "\x00")
+}
+
+func (l loc) ino(kind byte) uint64 { return ino(kind, l.db.ID(), l.store, l.path) }
+
+// locate finds a node's location from its place in the inode tree, so renames
+// need no bookkeeping. It fails with ENOENT for a node that was unlinked, and for
+// nodes that are not inside a store.
+func (f *FS) locate(in *gofs.Inode) (loc, syscall.Errno) {
+	var names []string
+	root := f.root.EmbeddedInode()
+	for p := in; p != root; {
+		name, parent := p.Parent()
+		if parent == nil {
+			return loc{}, syscall.ENOENT
+		}
+		names = append(names, name)
+		p = parent
+	}
+	slices.Reverse(names)
+	if len(names) < 2 {
+		return loc{}, syscall.EPERM
+	}
+	db, err := f.inst.Database(names[0])
+	if err != nil {
+		return loc{}, syscall.ENOENT
+	}
+	return loc{db: db, store: names[1], path: names[2:]}, 0
+}
+
+// commit writes one transaction made by fn, tagged as the filesystem's own.
+func (f *FS) commit(db *engine.Database, d engine.Durability, fn func(tx *engine.Tx)) syscall.Errno {
+	tx := db.Begin()
+	tx.SetOrigin(originFS)
+	fn(tx)
+	if tx.Empty() {
+		return 0
+	}
+	_, err := tx.Commit(d)
+	return toErrno(err)
+}
+
+func (f *FS) writable(l loc) syscall.Errno {
+	if !l.db.CanWrite() {
+		return syscall.EACCES
+	}
+	return 0
+}
+
+// A key renamed to a local-only name (an editor moving the original aside as a
+// backup) is hidden at once, and its deletion committed after hideDelay unless the
+// key is written again first: then the editor's save is one commit.
+
+type hiddenKey struct {
+	l     loc
+	timer *time.Timer
+}
+
+func (f *FS) hide(l loc) {
+	k := l.key()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.hidden[k]; ok {
+		return
+	}
+	f.hidden[k] = time.AfterFunc(hideDelay, func() { f.commitHiddenDelete(k) })
+	f.hiddenLocs[k] = l
+}
+
+// unhide cancels a pending hidden delete; the caller is about to overwrite the key.
+func (f *FS) unhide(l loc) {
+	k := l.key()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if t, ok := f.hidden[k]; ok {
+		t.Stop()
+		delete(f.hidden, k)
+		delete(f.hiddenLocs, k)
+	}
+}
+
+func (f *FS) isHidden(l loc) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.hidden[l.key()]
+	return ok
+}
+
+func (f *FS) commitHiddenDelete(k string) {
+	f.mu.Lock()
+	l, ok := f.hiddenLocs[k]
+	delete(f.hidden, k)
+	delete(f.hiddenLocs, k)
+	f.mu.Unlock()
+	if !ok {
+		return
+	}
+	f.commit(l.db, engine.Journal, func(tx *engine.Tx) { tx.Store(l.store).Delete(l.path) })
+}
