@@ -848,18 +848,4 @@ func (g *group) store(st *dbState, raw []byte, e *Entry, id ID, vv vclock, seq u
 	return nil
 }
 
-func (g *group) loadOp(store string, o order) (Op, error) {
-	raw, err := g.s.Get(key(pEntry, o.E[:]))
-	if err != nil {
-		return Op{}, err
-	}
-	var e Entry
-	if err := decMode.Unmarshal(raw, &e); err != nil {
-		return Op{}, err
-	}
-	sn := e.Store(store)
-	if sn == nil || int(o.I) >= len(sn.Ops) {
-		return Op{}, fmt.Errorf("entry %s has no op %d in %q", o.E.Short(), o.I, store)
-	}
-	return sn.Ops[o.I], nil
-}
+func (g *group) loadOp(store string, o order) (Op, error) { return loadOp(g.s, store, o) }

@@ -16,7 +16,6 @@ import (
 //	x <db> <h> <id>                          entries that change the _settings store
 //	t <db> <store>                           store tips ([]ID, CBOR)
 //	p <db> <store> <depth> <path>            path state (pathRec, CBOR): latest op and override
-//	v <db> <store> <depth> <path>            a large current value, kept out of the path record
 //	h <db> <store> <depth> <path> <order>    every explicit op on a path (histRec)
 //	c <db> <store> <depth> <path> <order>    a conflict loser, keyed by its own order (conflictRec)
 //
@@ -31,7 +30,6 @@ const (
 	pSettings = 'x'
 	pTips     = 't'
 	pPath     = 'p'
-	pValue    = 'v'
 	pHist     = 'h'
 	pConflict = 'c'
 )

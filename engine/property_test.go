@@ -157,11 +157,11 @@ func conflictDump(db *Database) []string {
 	return out
 }
 
-// kvDump is the raw materialised state of a database: path records, large values,
-// history and conflicts, byte for byte.
+// kvDump is the raw materialised state of a database: path records, history and
+// conflicts, byte for byte.
 func kvDump(in *Instance, db ID) []byte {
 	var buf bytes.Buffer
-	for _, p := range []byte{pPath, pValue, pHist, pConflict} {
+	for _, p := range []byte{pPath, pHist, pConflict} {
 		in.kv.Iterate(key(p, db[:]), false, func(k, v []byte) bool {
 			buf.Write(k)
 			buf.WriteByte(0xff)

@@ -15,8 +15,9 @@ import (
 // fold of the Doc merge over all ops in order, and a late entry with an older order
 // touches only the paths it names.
 
-// inlineMax is the largest value kept inside its path record; larger ones live under
-// their own key so listings and stats do not read them.
+// inlineMax is the largest value kept inside its path record. Larger ones are read
+// from the entry that set them, so they are stored once and listings and stats do
+// not read them.
 const inlineMax = 1024
 
 type pathRec struct {
@@ -26,7 +27,7 @@ type pathRec struct {
 	A   PublicKey `cbor:"4,keyasint"`           // its entry's author
 	O   order     `cbor:"5,keyasint"`           // latest override; zero if none
 	N   int64     `cbor:"6,keyasint,omitempty"` // value size
-	V   []byte    `cbor:"7,keyasint,omitempty"` // value, if N <= inlineMax
+	V   []byte    `cbor:"7,keyasint,omitempty"` // value, if N <= inlineMax (else in entry L.E)
 	X   order     `cbor:"8,keyasint"`           // latest explicit op, for conflicts
 	XA  PublicKey `cbor:"9,keyasint"`           // its author
 	XS  uint64    `cbor:"10,keyasint"`          // its author's sequence number
@@ -108,7 +109,7 @@ func applyOp(w stagingRW, db ID, store string, op Op, o order, a *applied) error
 			rec = &pathRec{}
 		}
 		if rec.L.less(o) {
-			setLatest(w, k, rec, OpMap, nil, o, a)
+			setLatest(rec, OpMap, nil, o, a)
 			w.Put(k, marshal(rec))
 		}
 	}
@@ -121,7 +122,7 @@ func applyOp(w stagingRW, db ID, store string, op Op, o order, a *applied) error
 		rec = &pathRec{}
 	}
 	if rec.L.less(o) {
-		setLatest(w, k, rec, op.Kind, op.Value, o, a)
+		setLatest(rec, op.Kind, op.Value, o, a)
 	}
 	if op.Kind.overrides() && rec.O.less(o) {
 		rec.O = o
@@ -145,17 +146,10 @@ func applyOp(w stagingRW, db ID, store string, op Op, o order, a *applied) error
 	return nil
 }
 
-func setLatest(w stagingRW, k []byte, rec *pathRec, kind OpKind, value []byte, o order, a *applied) {
-	vk := append([]byte{pValue}, k[1:]...)
-	if rec.Big {
-		w.Delete(vk)
-	}
+func setLatest(rec *pathRec, kind OpKind, value []byte, o order, a *applied) {
 	rec.L, rec.K, rec.T, rec.A = o, kind, a.e.Time, a.e.Author
-	rec.N, rec.V, rec.Big = int64(len(value)), nil, false
-	if len(value) > inlineMax {
-		rec.Big = true
-		w.Put(vk, value)
-	} else if len(value) > 0 {
+	rec.N, rec.V, rec.Big = int64(len(value)), nil, len(value) > inlineMax
+	if !rec.Big && len(value) > 0 {
 		rec.V = value
 	}
 }
@@ -266,11 +260,11 @@ func readNode(r kv.Reader, db ID, store string, path []string, withValue bool) (
 	}
 	n := rec.node()
 	if withValue && rec.Big {
-		v, err := r.Get(pathKey(pValue, db, store, path))
+		op, err := loadOp(r, store, rec.L)
 		if err != nil {
 			return Node{}, fmt.Errorf("reading value: %w", err)
 		}
-		n.Value = v
+		n.Value = op.Value
 	}
 	if !withValue {
 		n.Value = nil
@@ -311,4 +305,21 @@ func listDir(r kv.Reader, db ID, store string, dir []string, fn func(DirEntry) b
 		err = derr
 	}
 	return err
+}
+
+// loadOp reads op o of store from its stored entry.
+func loadOp(r kv.Reader, store string, o order) (Op, error) {
+	raw, err := r.Get(key(pEntry, o.E[:]))
+	if err != nil {
+		return Op{}, err
+	}
+	var e Entry
+	if err := decMode.Unmarshal(raw, &e); err != nil {
+		return Op{}, err
+	}
+	sn := e.Store(store)
+	if sn == nil || int(o.I) >= len(sn.Ops) {
+		return Op{}, fmt.Errorf("entry %s has no op %d in %q", o.E.Short(), o.I, store)
+	}
+	return sn.Ops[o.I], nil
 }

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"errors"
 	"testing"
 )
@@ -186,5 +187,22 @@ func TestBadShapesRejected(t *testing.T) {
 	raw, _ := e.sign(id)
 	if _, _, err := DecodeEntry(append(raw, 0)); !errors.Is(err, ErrInvalidEntry) {
 		t.Errorf("trailing byte: %v", err)
+	}
+}
+
+func TestWithSigMatchesEncoding(t *testing.T) {
+	id := NewIdentity()
+	for _, e := range []*Entry{
+		{Height: 1, Time: 1, Entropy: []byte{1}, Stores: []StoreNode{{Name: SettingsStore}}},
+		{Root: ID{1}, Parents: []ID{{2}}, Height: 9, Time: 3, Stores: []StoreNode{{Name: "s", Ops: []Op{{Path: []string{"k"}, Kind: OpValue, Value: make([]byte, 70000)}}}}},
+		{Root: ID{1}, Parents: []ID{{2}, {3}}, Height: 1 << 40},
+	} {
+		raw, _ := e.sign(id)
+		if !bytes.Equal(raw, marshal(e)) {
+			t.Fatalf("withSig differs from the encoder for %+v", e.Height)
+		}
+		if _, _, err := DecodeEntry(raw); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -194,7 +194,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	fn := ch.Operations().(*fileNode)
 	fn.mu.Lock()
 	defer fn.mu.Unlock()
-	c := &content{dirty: !local, mtime: time.Now(), refs: 1}
+	c := &content{loaded: true, dirty: !local, mtime: time.Now(), refs: 1}
 	fn.cur, fn.local, fn.pending = c, local, !local
 	d.fsys.track(fn, true)
 	fn.attrFromContent(c, &out.Attr)
@@ -476,7 +476,7 @@ func (f *FS) rename(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmbedder
 			if ch := srcParent.GetChild(srcName); ch != nil {
 				if fn, ok := ch.Operations().(*fileNode); ok {
 					fn.mu.Lock()
-					fn.cur = &content{data: full.Value, mtime: time.UnixMilli(full.Time)}
+					fn.cur = &content{data: full.Value, loaded: true, mtime: time.UnixMilli(full.Time)}
 					fn.local = true
 					fn.mu.Unlock()
 					f.track(fn, true)

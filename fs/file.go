@@ -17,10 +17,12 @@ import (
 // as on a local disk. A remote change detaches a clean content from its node;
 // handles that hold it keep reading what they opened.
 type content struct {
-	data  []byte
-	dirty bool // written since loaded or last committed
-	mtime time.Time
-	refs  int
+	data    []byte
+	loaded  bool      // data holds the value (it is read on first use, not at open)
+	version engine.ID // the entry that set the value loaded or to be loaded
+	dirty   bool      // written since loaded or last committed
+	mtime   time.Time
+	refs    int
 }
 
 // fileNode is a key: a file whose bytes are the value.
@@ -32,6 +34,26 @@ type fileNode struct {
 	cur     *content   // content new opens share; nil when not loaded
 	local   bool       // in the local-only overlay: never committed
 	pending bool       // created here and not committed yet
+	// kernelVersion is the version whose pages the kernel may hold: an open of the
+	// same version keeps the page cache (FOPEN_KEEP_CACHE); any change resets it.
+	kernelVersion engine.ID
+}
+
+// loadLocked reads c's value on first use.
+func (n *fileNode) loadLocked(c *content) syscall.Errno {
+	if c.loaded {
+		return 0
+	}
+	l, errno := n.fsys.locate(n.EmbeddedInode())
+	if errno != 0 {
+		return errno
+	}
+	node, err := l.db.Get(l.store, l.path)
+	if err != nil {
+		return toErrno(err)
+	}
+	c.data, c.loaded = node.Value, true
+	return 0
 }
 
 var (
@@ -105,8 +127,15 @@ func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 			c = h.c
 		}
 		if c != nil {
-			resize(c, int(sz))
+			errno := n.loadLocked(c)
+			if errno == 0 {
+				resize(c, int(sz))
+				n.kernelVersion = engine.ID{}
+			}
 			n.mu.Unlock()
+			if errno != 0 {
+				return errno
+			}
 		} else {
 			n.mu.Unlock()
 			// truncate(2) on a file nobody has open: commit at once, as it returns.
@@ -161,26 +190,39 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 			}
 		}
 		if n.cur == nil {
-			node, err := l.db.Get(l.store, l.path)
+			node, err := l.db.Stat(l.store, l.path)
 			if err != nil {
 				return nil, 0, toErrno(err)
 			}
-			n.cur = &content{data: node.Value, mtime: time.UnixMilli(node.Time)}
+			n.cur = &content{version: node.Entry, mtime: time.UnixMilli(node.Time)}
 		}
 	}
 	c := n.cur
 	c.refs++
 	n.fsys.track(n, true)
 	if write && flags&syscall.O_TRUNC != 0 {
+		c.data, c.loaded = nil, true
 		resize(c, 0)
 	}
-	return &handle{c: c, append: flags&syscall.O_APPEND != 0}, 0, 0
+	var fuseFlags uint32
+	if !c.dirty && !n.local && !n.pending && !c.version.IsZero() {
+		if c.version == n.kernelVersion {
+			fuseFlags = fuse.FOPEN_KEEP_CACHE
+		}
+		n.kernelVersion = c.version
+	} else {
+		n.kernelVersion = engine.ID{}
+	}
+	return &handle{c: c, append: flags&syscall.O_APPEND != 0}, fuseFlags, 0
 }
 
 func (n *fileNode) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	h := f.(*handle)
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if errno := n.loadLocked(h.c); errno != 0 {
+		return nil, errno
+	}
 	if off >= int64(len(h.c.data)) {
 		return fuse.ReadResultData(nil), 0
 	}
@@ -193,6 +235,10 @@ func (n *fileNode) Write(ctx context.Context, f gofs.FileHandle, data []byte, of
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	c := h.c
+	if errno := n.loadLocked(c); errno != 0 {
+		return 0, errno
+	}
+	n.kernelVersion = engine.ID{}
 	if h.append {
 		off = int64(len(c.data))
 	}
@@ -276,7 +322,7 @@ func (n *fileNode) commitContent(c *content, d engine.Durability) syscall.Errno 
 	} else if errno != 0 {
 		return errno
 	}
-	if cur, err := l.db.Get(l.store, l.path); err == nil && cur.Kind == engine.OpValue && bytes.Equal(cur.Value, c.data) && !n.fsys.isHidden(l) {
+	if n.fsys.storedEqual(l, c.data) {
 		c.dirty, n.pending = false, false
 		return 0
 	}
@@ -294,6 +340,7 @@ func (n *fileNode) commitContent(c *content, d engine.Durability) syscall.Errno 
 func (n *fileNode) dropClean() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.kernelVersion = engine.ID{}
 	if n.cur != nil && !n.cur.dirty && !n.local && !n.pending {
 		n.cur = nil
 	}
@@ -361,3 +408,17 @@ func (n *fileNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	return syscall.ENOTSUP
 }
 func (n *fileNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) { return 0, 0 }
+
+// storedEqual reports whether the key at l holds exactly data (so a commit would
+// change nothing). Sizes are compared first, from the path record alone.
+func (f *FS) storedEqual(l loc, data []byte) bool {
+	if f.isHidden(l) {
+		return false
+	}
+	st, err := l.db.Stat(l.store, l.path)
+	if err != nil || st.Kind != engine.OpValue || st.Size != int64(len(data)) {
+		return false
+	}
+	cur, err := l.db.Get(l.store, l.path)
+	return err == nil && bytes.Equal(cur.Value, data)
+}

@@ -25,9 +25,10 @@ func NewStaging(base Reader) *Staging {
 	return &Staging{base: base, puts: map[string][]byte{}, deleted: map[string]bool{}}
 }
 
-// Put stages key=value.
+// Put stages key=value. The staging keeps value (it is not copied): the caller
+// must not change it afterwards.
 func (s *Staging) Put(key, value []byte) {
-	s.puts[string(key)] = bytes.Clone(value)
+	s.puts[string(key)] = value
 	delete(s.deleted, string(key))
 	s.batch.Put(key, value)
 }
