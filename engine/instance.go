@@ -96,6 +96,7 @@ type dbRecord struct {
 	MaxH   uint64   `cbor:"3,keyasint"`
 	Count  uint64   `cbor:"4,keyasint"`
 	Stores []string `cbor:"5,keyasint,omitempty"`
+	VV     vclock   `cbor:"6,keyasint,omitempty"` // per author, the highest sequence stored
 }
 
 type dbState struct {
@@ -115,6 +116,7 @@ func (s *dbState) clone() *dbState {
 	c := *s
 	c.rec.Tips = slices.Clone(s.rec.Tips)
 	c.rec.Stores = slices.Clone(s.rec.Stores)
+	c.rec.VV = maps(s.rec.VV)
 	c.storeTips = make(map[string][]ID, len(s.storeTips))
 	for k, v := range s.storeTips {
 		c.storeTips[k] = v
@@ -814,6 +816,11 @@ func (g *group) store(st *dbState, raw []byte, e *Entry, id ID, vv vclock, seq u
 	sortIDs(st.rec.Tips)
 	st.rec.MaxH = max(st.rec.MaxH, e.Height)
 	st.rec.Count++
+	if st.rec.VV == nil {
+		st.rec.VV = vclock{}
+	}
+	st.rec.VV[string(e.Author[:])] = max(st.rec.VV[string(e.Author[:])], seq)
+	g.s.Put(key(pAuthor, st.id[:], e.Author[:], heightBytes(seq), id[:]), nil)
 	dirty := g.dirty[st.id]
 	if dirty == nil {
 		dirty = map[string]bool{}

@@ -13,11 +13,14 @@ import (
 //	d <db>                                   database record (dbRecord, CBOR)
 //	n <local name>                           -> <db>, this node's name for a database
 //	l <db> <h> <id>                          log index: every entry of a database by height
+//	a <db> <author> <seq> <id>               entries by author and sequence number (sync)
 //	x <db> <h> <id>                          entries that change the _settings store
 //	t <db> <store>                           store tips ([]ID, CBOR)
 //	p <db> <store> <depth> <path>            path state (pathRec, CBOR): latest op and override
 //	h <db> <store> <depth> <path> <order>    every explicit op on a path (histRec)
 //	c <db> <store> <depth> <path> <order>    a conflict loser, keyed by its own order (conflictRec)
+//
+// The prefix 'S' is netsync's (sync state); the engine never writes under it.
 //
 // <depth> is a 2-byte count of path names, so the children of a directory are
 // exactly the keys with the prefix "p <db> <store> <depth+1> <dir path>".
@@ -27,6 +30,7 @@ const (
 	pDB       = 'd'
 	pName     = 'n'
 	pLog      = 'l'
+	pAuthor   = 'a'
 	pSettings = 'x'
 	pTips     = 't'
 	pPath     = 'p'
