@@ -1,0 +1,686 @@
+package netsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/eidefs/eidefs/engine"
+	"github.com/eidefs/eidefs/kv"
+)
+
+// PeerConfig is a peer named in the configuration.
+type PeerConfig struct {
+	Key   engine.PublicKey
+	Name  string
+	Addrs []string
+}
+
+// Options configure a Node. Zero durations take the defaults in brackets.
+type Options struct {
+	Instance *engine.Instance
+	KV       *kv.DB // the instance's store; sync state lives under its own prefix
+	Name     string
+	Listen   []string
+	Peers    []PeerConfig
+	Periodic time.Duration // full sync with every peer [5m]
+	Retry    time.Duration // first retry after a failure [30s], doubling
+	RetryCap time.Duration // longest wait between retries [5m]
+	Health   time.Duration // peer health check [60s]
+	Log      *slog.Logger
+}
+
+// Node is the sync engine of one eidefs node.
+type Node struct {
+	o     Options
+	inst  *engine.Instance
+	state *State
+	tr    *Transport
+	p     *proto
+	log   *slog.Logger
+	sub   *engine.Subscription
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex // guards conns, workers and listeners
+	conns   map[engine.PublicKey]*Conn
+	workers map[engine.PublicKey]*worker
+	// listeners get every sync record as it happens (.sync/history).
+	listeners []func(HistoryRecord)
+}
+
+// Start opens the transport and starts serving, pushing and syncing.
+func Start(o Options) (*Node, error) {
+	if o.Periodic == 0 {
+		o.Periodic = 5 * time.Minute
+	}
+	if o.Retry == 0 {
+		o.Retry = 30 * time.Second
+	}
+	if o.RetryCap == 0 {
+		o.RetryCap = 5 * time.Minute
+	}
+	if o.Health == 0 {
+		o.Health = time.Minute
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	st, err := openState(o.KV)
+	if err != nil {
+		return nil, fmt.Errorf("sync state: %w", err)
+	}
+	tr, err := NewTransport(Config{Identity: o.Instance.Identity(), ListenAddrs: o.Listen})
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{o: o, inst: o.Instance, state: st, tr: tr, log: o.Log,
+		conns: map[engine.PublicKey]*Conn{}, workers: map[engine.PublicKey]*worker{}}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.p = &proto{inst: n.inst, name: o.Name, addrs: tr.Addrs, learned: n.learned, redeem: st.redeem,
+		rejected: func(k engine.PublicKey, c int) {
+			st.updatePeer(k, func(p *PeerInfo) { p.Rejected += uint64(c) })
+		}}
+	for _, pc := range o.Peers {
+		n.AddPeer(pc.Key, pc.Name, pc.Addrs)
+	}
+	n.sub = n.inst.Subscribe()
+	n.wg.Add(2)
+	go n.acceptLoop()
+	go n.eventLoop()
+	for _, p := range st.Peers() {
+		n.worker(p.Key).requestFull(nil)
+	}
+	return n, nil
+}
+
+// Close stops everything and waits for it.
+func (n *Node) Close() error {
+	n.cancel()
+	n.sub.Close()
+	err := n.tr.Close()
+	n.wg.Wait()
+	return err
+}
+
+// Addrs are the addresses this node listens on.
+func (n *Node) Addrs() []string { return n.tr.Addrs() }
+
+// State is the persistent sync state.
+func (n *Node) State() *State { return n.state }
+
+// OnHistory registers fn to be called with every sync record.
+func (n *Node) OnHistory(fn func(HistoryRecord)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.listeners = append(n.listeners, fn)
+}
+
+// AddPeer adds (or updates) a peer and syncs with it soon.
+func (n *Node) AddPeer(key engine.PublicKey, name string, addrs []string) error {
+	err := n.state.updatePeer(key, func(p *PeerInfo) {
+		if name != "" {
+			p.Name = name
+		}
+		for _, a := range addrs {
+			if !slices.Contains(p.Addrs, a) {
+				p.Addrs = append(p.Addrs, a)
+			}
+		}
+	})
+	if err == nil && n.workers != nil {
+		n.worker(key).requestFull(nil)
+	}
+	return err
+}
+
+// RemovePeer forgets a peer, by key or name.
+func (n *Node) RemovePeer(keyOrName string) error {
+	p, err := n.findPeer(keyOrName)
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	if w := n.workers[p.Key]; w != nil {
+		w.stop()
+		delete(n.workers, p.Key)
+	}
+	if c := n.conns[p.Key]; c != nil {
+		c.Close()
+		delete(n.conns, p.Key)
+	}
+	n.mu.Unlock()
+	return n.state.removePeer(p.Key)
+}
+
+func (n *Node) findPeer(keyOrName string) (PeerInfo, error) {
+	for _, p := range n.state.Peers() {
+		if p.Name == keyOrName || p.Key.String() == keyOrName {
+			return p, nil
+		}
+	}
+	return PeerInfo{}, fmt.Errorf("%w: %q", ErrPeerNotFound, keyOrName)
+}
+
+// learned records what a peer said about itself. Strangers are remembered only
+// once they are members of a database here.
+func (n *Node) learned(key engine.PublicKey, name string, addrs []string) {
+	if _, known := n.state.Peer(key); !known && !n.isMember(key) {
+		return
+	}
+	n.state.updatePeer(key, func(p *PeerInfo) {
+		if name != "" {
+			p.Name = name
+		}
+		for _, a := range addrs {
+			if !slices.Contains(p.Addrs, a) {
+				p.Addrs = append(p.Addrs, a)
+			}
+		}
+		p.LastSeen = time.Now()
+	})
+}
+
+// isMember reports whether key may read any database here.
+func (n *Node) isMember(key engine.PublicKey) bool {
+	for _, info := range n.inst.Databases() {
+		if n.memberOf(key, info.ID) {
+			return true
+		}
+	}
+	return false
+}
+
+func (n *Node) memberOf(key engine.PublicKey, db engine.ID) bool {
+	d, ok := n.inst.DatabaseByID(db)
+	if !ok {
+		return false
+	}
+	s, err := d.Settings()
+	return err == nil && s.Permission(key) >= engine.PermRead
+}
+
+// sharedWith lists the databases here that peer may read.
+func (n *Node) sharedWith(key engine.PublicKey) []engine.ID {
+	var out []engine.ID
+	for _, info := range n.inst.Databases() {
+		if n.memberOf(key, info.ID) {
+			out = append(out, info.ID)
+		}
+	}
+	return out
+}
+
+// ---- connections ----
+
+func (n *Node) acceptLoop() {
+	defer n.wg.Done()
+	for {
+		c, err := n.tr.Accept(n.ctx)
+		if err != nil {
+			return
+		}
+		n.adopt(c)
+	}
+}
+
+// adopt registers a connection and serves the requests the peer makes on it.
+func (n *Node) adopt(c *Conn) {
+	n.mu.Lock()
+	if old := n.conns[c.Peer()]; old != nil && old != c {
+		select {
+		case <-old.Done():
+		default:
+			// Keep both working: the old one serves its streams until it ends.
+		}
+	}
+	n.conns[c.Peer()] = c
+	n.mu.Unlock()
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		for {
+			s, err := c.AcceptStream(n.ctx)
+			if err != nil {
+				return
+			}
+			n.wg.Add(1)
+			go func() {
+				defer n.wg.Done()
+				defer s.Close()
+				if err := n.p.serve(s, c.Peer()); err != nil && n.ctx.Err() == nil {
+					n.log.Debug("serving peer", "peer", c.Peer().Short(), "err", err)
+				}
+			}()
+		}
+	}()
+}
+
+// conn returns a live connection to peer, dialling its known addresses if needed.
+func (n *Node) conn(ctx context.Context, key engine.PublicKey) (*Conn, error) {
+	n.mu.Lock()
+	c := n.conns[key]
+	n.mu.Unlock()
+	if c != nil {
+		select {
+		case <-c.Done():
+		default:
+			return c, nil
+		}
+	}
+	p, ok := n.state.Peer(key)
+	if !ok || len(p.Addrs) == 0 {
+		return nil, fmt.Errorf("%w: no address known for %s", ErrPeerNotFound, key.Short())
+	}
+	var errs []error
+	for _, addr := range p.Addrs {
+		c, err := n.tr.Dial(ctx, addr, key)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		n.adopt(c)
+		if s, err := c.OpenStream(ctx); err == nil {
+			if resp, err := n.p.hello(s); err == nil {
+				n.learned(key, resp.Name, resp.Addrs)
+			}
+			s.Close()
+		}
+		return c, nil
+	}
+	return nil, errors.Join(errs...)
+}
+
+// stream opens a request stream to peer.
+func (n *Node) stream(ctx context.Context, key engine.PublicKey) (Stream, error) {
+	c, err := n.conn(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	s, err := c.OpenStream(ctx)
+	if err != nil {
+		// The connection died under us: one fresh dial.
+		c.Close()
+		if c, err = n.conn(ctx, key); err != nil {
+			return nil, err
+		}
+		return c.OpenStream(ctx)
+	}
+	return s, nil
+}
+
+// ---- syncing ----
+
+// SyncDB syncs one database with one peer now and records the outcome.
+func (n *Node) SyncDB(ctx context.Context, key engine.PublicKey, db engine.ID) Result {
+	s, err := n.stream(ctx, key)
+	if err != nil {
+		return n.finish(Result{Peer: key, DB: db, Started: time.Now(), Err: err})
+	}
+	stop := context.AfterFunc(ctx, func() { s.Close() })
+	res := n.p.sync(s, key, db, nil, nil)
+	stop()
+	s.Close()
+	if res.Err == nil {
+		res.Err = n.repair(ctx, key, db, &res)
+	}
+	return n.finish(res)
+}
+
+// repair fetches entries a version vector cannot describe (an author's chain that
+// forked): the parents the instance still waits for.
+func (n *Node) repair(ctx context.Context, key engine.PublicKey, db engine.ID, res *Result) error {
+	for round := 0; round < 16; round++ {
+		missing := n.inst.Missing()
+		if len(missing) == 0 {
+			return nil
+		}
+		s, err := n.stream(ctx, key)
+		if err != nil {
+			return err
+		}
+		resp, err := n.p.call(s, &request{Op: "get", DB: db, IDs: missing})
+		if err == nil {
+			err = n.p.receive(s, key, res, len(missing), nil)
+		}
+		s.Close()
+		if err != nil {
+			return err
+		}
+		_ = resp
+	}
+	return fmt.Errorf("entries still missing after repair")
+}
+
+func (n *Node) finish(res Result) Result {
+	var tip engine.ID
+	if d, ok := n.inst.DatabaseByID(res.DB); ok {
+		if tips := d.Tips(); len(tips) > 0 {
+			tip = tips[0]
+		}
+	}
+	h, err := n.state.record(res, tip)
+	if err != nil {
+		n.log.Warn("recording sync", "err", err)
+	}
+	n.state.updatePeer(res.Peer, func(p *PeerInfo) {
+		if res.Err == nil {
+			p.Status, p.LastSync, p.LastSeen, p.LastError, p.Failures = "active", time.Now(), time.Now(), "", 0
+		} else {
+			p.LastError = res.Err.Error()
+		}
+	})
+	n.mu.Lock()
+	ls := slices.Clone(n.listeners)
+	n.mu.Unlock()
+	for _, fn := range ls {
+		fn(h)
+	}
+	if res.Err != nil {
+		n.log.Debug("sync failed", "peer", res.Peer.Short(), "db", res.DB.Short(), "err", res.Err)
+	} else if res.Received+res.Sent > 0 {
+		n.log.Debug("synced", "peer", res.Peer.Short(), "db", res.DB.Short(), "received", res.Received, "sent", res.Sent, "took", res.Duration)
+	}
+	return res
+}
+
+// SyncAll syncs every shared database with every peer now.
+func (n *Node) SyncAll(ctx context.Context) []Result {
+	var out []Result
+	for _, p := range n.state.Peers() {
+		out = append(out, n.SyncPeer(ctx, p.Key)...)
+	}
+	return out
+}
+
+// SyncPeer syncs every database shared with one peer now.
+func (n *Node) SyncPeer(ctx context.Context, key engine.PublicKey) []Result {
+	var out []Result
+	dbs := n.sharedWith(key)
+	if len(dbs) == 0 {
+		return []Result{{Peer: key, Err: fmt.Errorf("no database here is shared with %s", key.Short())}}
+	}
+	for _, db := range dbs {
+		out = append(out, n.SyncDB(ctx, key, db))
+	}
+	return out
+}
+
+// FindPeer looks a peer up by key string or name.
+func (n *Node) FindPeer(keyOrName string) (PeerInfo, error) { return n.findPeer(keyOrName) }
+
+// Discover asks the node at addr who it is and what it shares with this node.
+func (n *Node) Discover(ctx context.Context, addr string) (engine.PublicKey, string, []Offer, error) {
+	c, err := n.tr.Dial(ctx, addr, engine.PublicKey{})
+	if err != nil {
+		return engine.PublicKey{}, "", nil, err
+	}
+	defer c.Close()
+	s, err := c.OpenStream(ctx)
+	if err != nil {
+		return c.Peer(), "", nil, err
+	}
+	resp, err := n.p.hello(s)
+	s.Close()
+	if err != nil {
+		return c.Peer(), "", nil, err
+	}
+	if s, err = c.OpenStream(ctx); err != nil {
+		return c.Peer(), resp.Name, nil, err
+	}
+	defer s.Close()
+	offers, err := n.p.discover(s)
+	return c.Peer(), resp.Name, offers, err
+}
+
+// Share makes a ticket for db carrying a one-time invite that grants perm.
+func (n *Node) Share(db *engine.Database, perm engine.Permission) (Ticket, error) {
+	s, err := db.Settings()
+	if err != nil {
+		return Ticket{}, err
+	}
+	if s.Permission(n.inst.Identity().Public()) < engine.PermAdmin {
+		return Ticket{}, fmt.Errorf("%w: only an admin of %q can share it", ErrNotAuthorized, db.Name())
+	}
+	addrs := n.Addrs()
+	if len(n.o.Listen) == 0 {
+		return Ticket{}, errors.New("this node does not listen for peers; start it with --listen (or set listen in eidefs.toml)")
+	}
+	token, err := n.state.newInvite(db.ID(), perm)
+	if err != nil {
+		return Ticket{}, err
+	}
+	return Ticket{DB: db.ID(), Name: db.Name(), Owner: n.inst.Identity().Public(), Addrs: addrs, Invite: token}, nil
+}
+
+// Join clones the database a ticket describes and keeps it in sync with its owner.
+func (n *Node) Join(ctx context.Context, t Ticket, progress func(done, total int)) (*engine.Database, error) {
+	if d, ok := n.inst.DatabaseByID(t.DB); ok {
+		return d, fmt.Errorf("database %s is already here as %q", t.DB.Short(), d.Name())
+	}
+	n.AddPeer(t.Owner, "", t.Addrs)
+	s, err := n.stream(ctx, t.Owner)
+	if err != nil {
+		return nil, err
+	}
+	res := n.p.sync(s, t.Owner, t.DB, t.Invite, progress)
+	s.Close()
+	n.finish(res)
+	if res.Err != nil {
+		return nil, res.Err
+	}
+	d, ok := n.inst.DatabaseByID(t.DB)
+	if !ok {
+		return nil, fmt.Errorf("%w: nothing received for %s", ErrProtocol, t.DB.Short())
+	}
+	return d, nil
+}
+
+// ---- background work ----
+
+// eventLoop queues every stored entry for the peers that share its database,
+// except the one it came from: commits are pushed at once, and entries received
+// from one peer are relayed to the others.
+func (n *Node) eventLoop() {
+	defer n.wg.Done()
+	for ev := range n.sub.C {
+		for _, p := range n.state.Peers() {
+			if p.Key.String() == ev.Origin || !n.memberOf(p.Key, ev.DB) {
+				continue
+			}
+			n.worker(p.Key).push(ev.DB, ev.Entry)
+		}
+	}
+}
+
+func (n *Node) worker(key engine.PublicKey) *worker {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	w := n.workers[key]
+	if w == nil {
+		w = &worker{n: n, key: key, pending: map[engine.ID][]engine.ID{}, full: map[engine.ID]bool{},
+			wake: make(chan struct{}, 1), quit: make(chan struct{})}
+		n.workers[key] = w
+		n.wg.Add(1)
+		go w.run()
+	}
+	return w
+}
+
+// worker does one peer's syncing: pushes, full syncs, retries and health checks.
+type worker struct {
+	n   *Node
+	key engine.PublicKey
+
+	mu      sync.Mutex // guards pending, full and all
+	pending map[engine.ID][]engine.ID
+	full    map[engine.ID]bool
+	all     bool // full sync of every shared database
+
+	wake     chan struct{}
+	quit     chan struct{}
+	stopOnce sync.Once
+}
+
+func (w *worker) stop() { w.stopOnce.Do(func() { close(w.quit) }) }
+
+func (w *worker) kick() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *worker) push(db, entry engine.ID) {
+	w.mu.Lock()
+	w.pending[db] = append(w.pending[db], entry)
+	w.mu.Unlock()
+	w.kick()
+}
+
+// requestFull asks for a full sync of db (nil: every shared database).
+func (w *worker) requestFull(db *engine.ID) {
+	w.mu.Lock()
+	if db == nil {
+		w.all = true
+	} else {
+		w.full[*db] = true
+	}
+	w.mu.Unlock()
+	w.kick()
+}
+
+func (w *worker) run() {
+	n := w.n
+	defer n.wg.Done()
+	failures := 0
+	var retryAt time.Time
+	nextPeriodic := time.Now().Add(n.o.Periodic)
+	nextHealth := time.Now().Add(n.o.Health)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		wait := time.Until(nextPeriodic)
+		if d := time.Until(nextHealth); d < wait {
+			wait = d
+		}
+		if !retryAt.IsZero() {
+			wait = time.Until(retryAt)
+		}
+		timer.Reset(max(wait, 0))
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-w.quit:
+			return
+		case <-w.wake:
+			if !retryAt.IsZero() && time.Now().Before(retryAt) {
+				continue // failing peer: wait for the retry
+			}
+		case <-timer.C:
+		}
+		now := time.Now()
+		if !now.Before(nextPeriodic) || (!retryAt.IsZero() && !now.Before(retryAt)) {
+			w.requestFull(nil)
+			nextPeriodic = now.Add(n.o.Periodic)
+		}
+		if !now.Before(nextHealth) {
+			nextHealth = now.Add(n.o.Health)
+			w.health()
+		}
+		if w.once() {
+			failures, retryAt = 0, time.Time{}
+			continue
+		}
+		failures++
+		backoff := n.o.Retry << min(failures-1, 16)
+		retryAt = time.Now().Add(min(backoff, n.o.RetryCap))
+		n.state.updatePeer(w.key, func(p *PeerInfo) { p.Failures, p.Status = failures, "inactive" })
+		w.requestFull(nil) // whatever failed is covered by the full sync at retry time
+	}
+}
+
+// once does the queued work; false if anything failed.
+func (w *worker) once() bool {
+	n := w.n
+	w.mu.Lock()
+	pending, full, all := w.pending, w.full, w.all
+	w.pending, w.full, w.all = map[engine.ID][]engine.ID{}, map[engine.ID]bool{}, false
+	w.mu.Unlock()
+	if all {
+		for _, db := range n.sharedWith(w.key) {
+			full[db] = true
+		}
+	}
+	ok := true
+	ctx, cancel := context.WithTimeout(n.ctx, 2*time.Minute)
+	defer cancel()
+	for db, ids := range pending {
+		if full[db] {
+			continue
+		}
+		if !w.pushEntries(ctx, db, ids) {
+			full[db] = true
+		}
+	}
+	for db := range full {
+		if res := n.SyncDB(ctx, w.key, db); res.Err != nil {
+			ok = false
+		}
+	}
+	return ok
+}
+
+// pushEntries sends new entries; false when the peer needs a full sync instead.
+func (w *worker) pushEntries(ctx context.Context, db engine.ID, ids []engine.ID) bool {
+	n := w.n
+	raws := make([][]byte, 0, len(ids))
+	for _, id := range ids {
+		raw, err := n.inst.Entry(id)
+		if err != nil {
+			return false
+		}
+		raws = append(raws, raw)
+	}
+	start := time.Now()
+	s, err := n.stream(ctx, w.key)
+	if err != nil {
+		return false
+	}
+	defer s.Close()
+	a, err := n.p.push(s, db, raws)
+	if err != nil || a.Pending > 0 || a.Rejected > 0 {
+		return false
+	}
+	bytes := 0
+	for _, r := range raws {
+		bytes += len(r)
+	}
+	n.finish(Result{Peer: w.key, DB: db, Sent: len(raws), BytesOut: bytes, Started: start, Duration: time.Since(start)})
+	return true
+}
+
+// health pings the peer and updates its status.
+func (w *worker) health() {
+	n := w.n
+	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+	defer cancel()
+	s, err := n.stream(ctx, w.key)
+	if err == nil {
+		_, err = n.p.hello(s)
+		s.Close()
+	}
+	n.state.updatePeer(w.key, func(p *PeerInfo) {
+		if err != nil {
+			p.Status, p.LastError = "inactive", err.Error()
+		} else {
+			p.Status, p.LastSeen = "active", time.Now()
+		}
+	})
+}

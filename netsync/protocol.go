@@ -1,0 +1,475 @@
+package netsync
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/eidefs/eidefs/engine"
+)
+
+// ProtocolVersion is this node's protocol version; peers must speak the same.
+const ProtocolVersion = 1
+
+// Errors peers report, with names users can act on. They cross the wire as codes.
+var (
+	ErrNotAuthorized   = errors.New("not authorized")
+	ErrVersionMismatch = errors.New("version mismatch")
+	ErrUnknownDatabase = errors.New("database not found on peer")
+	ErrBadInvite       = errors.New("invite is invalid or already used")
+	ErrPeerNotFound    = errors.New("peer not found")
+)
+
+var errCodes = map[string]error{
+	"not-authorized":   ErrNotAuthorized,
+	"version-mismatch": ErrVersionMismatch,
+	"unknown-database": ErrUnknownDatabase,
+	"bad-invite":       ErrBadInvite,
+	"protocol":         ErrProtocol,
+}
+
+func codeOf(err error) string {
+	for c, e := range errCodes {
+		if errors.Is(err, e) {
+			return c
+		}
+	}
+	return "error"
+}
+
+type request struct {
+	Op      string      `cbor:"1,keyasint"`
+	Version int         `cbor:"2,keyasint"`
+	Name    string      `cbor:"3,keyasint,omitempty"`
+	Addrs   []string    `cbor:"4,keyasint,omitempty"`
+	DB      engine.ID   `cbor:"5,keyasint,omitempty"`
+	VV      []byte      `cbor:"6,keyasint,omitempty"`
+	Tips    []engine.ID `cbor:"7,keyasint,omitempty"`
+	IDs     []engine.ID `cbor:"8,keyasint,omitempty"`
+	Invite  []byte      `cbor:"9,keyasint,omitempty"`
+}
+
+type response struct {
+	Code    string      `cbor:"1,keyasint,omitempty"` // empty when fine
+	Err     string      `cbor:"2,keyasint,omitempty"`
+	Version int         `cbor:"3,keyasint,omitempty"`
+	Name    string      `cbor:"4,keyasint,omitempty"`
+	Addrs   []string    `cbor:"5,keyasint,omitempty"`
+	DBs     []Offer     `cbor:"6,keyasint,omitempty"`
+	VV      []byte      `cbor:"7,keyasint,omitempty"`
+	Tips    []engine.ID `cbor:"8,keyasint,omitempty"`
+	Count   uint64      `cbor:"9,keyasint,omitempty"` // entries about to follow
+}
+
+func (r *response) err() error {
+	if r.Code == "" {
+		return nil
+	}
+	if e, ok := errCodes[r.Code]; ok {
+		return fmt.Errorf("%w: %s", e, r.Err)
+	}
+	return errors.New(r.Err)
+}
+
+func errResponse(err error) *response { return &response{Code: codeOf(err), Err: err.Error()} }
+
+// Offer is a database a peer shares with the asker.
+type Offer struct {
+	ID      engine.ID `cbor:"1,keyasint"`
+	Name    string    `cbor:"2,keyasint"`
+	Entries uint64    `cbor:"3,keyasint"`
+	Perm    string    `cbor:"4,keyasint"`
+}
+
+type batch struct {
+	Entries [][]byte `cbor:"1,keyasint,omitempty"`
+	Done    bool     `cbor:"2,keyasint,omitempty"`
+}
+
+type ack struct {
+	Applied    int    `cbor:"1,keyasint,omitempty"`
+	Duplicates int    `cbor:"2,keyasint,omitempty"`
+	Pending    int    `cbor:"3,keyasint,omitempty"`
+	Rejected   int    `cbor:"4,keyasint,omitempty"`
+	Err        string `cbor:"5,keyasint,omitempty"`
+}
+
+// Batches are cut at this many entries or bytes, whichever comes first.
+const (
+	batchEntries = 512
+	batchBytes   = 4 << 20
+)
+
+// Result is what one sync of one database with one peer did.
+type Result struct {
+	Peer     engine.PublicKey
+	DB       engine.ID
+	Received int // entries applied here
+	Sent     int // entries sent
+	BytesIn  int
+	BytesOut int
+	Rejected int // received entries refused
+	Started  time.Time
+	Duration time.Duration
+	Err      error
+}
+
+// proto is the protocol logic, independent of any transport: it runs requests as a
+// client on a stream, and serves them.
+type proto struct {
+	inst  *engine.Instance
+	name  string
+	addrs func() []string
+	// learned is told what a peer said about itself (hello, bootstrap).
+	learned func(key engine.PublicKey, name string, addrs []string)
+	// redeem checks and consumes an invite for db, returning the permission it grants.
+	redeem func(db engine.ID, invite []byte) (engine.Permission, error)
+	// rejected counts refused entries per peer.
+	rejected func(key engine.PublicKey, n int)
+}
+
+// ---- client side ----
+
+func (p *proto) call(s Stream, req *request) (*response, error) {
+	req.Version = ProtocolVersion
+	if err := writeFrame(s, req); err != nil {
+		return nil, err
+	}
+	var resp response
+	if _, err := readFrame(s, &resp); err != nil {
+		return nil, err
+	}
+	if err := resp.err(); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+// hello introduces this node; the answer is the peer's name and addresses.
+func (p *proto) hello(s Stream) (*response, error) {
+	return p.call(s, &request{Op: "hello", Name: p.name, Addrs: p.addrs()})
+}
+
+func (p *proto) discover(s Stream) ([]Offer, error) {
+	resp, err := p.call(s, &request{Op: "discover"})
+	if err != nil {
+		return nil, err
+	}
+	return resp.DBs, nil
+}
+
+// sync exchanges what each side lacks of db: the peer sends the entries beyond our
+// version vector, we send those beyond its own. progress, if set, is called with
+// entries received so far and the total announced.
+func (p *proto) sync(s Stream, peer engine.PublicKey, db engine.ID, invite []byte, progress func(done, total int)) Result {
+	res := Result{Peer: peer, DB: db, Started: time.Now()}
+	defer func() { res.Duration = time.Since(res.Started) }()
+	req := &request{Op: "sync", DB: db}
+	local, have := p.inst.DatabaseByID(db)
+	if have {
+		req.VV = engine.EncodeVersionVector(local.VersionVector())
+		req.Tips = local.Tips()
+	}
+	if invite != nil {
+		req.Op, req.Invite, req.Name, req.Addrs = "bootstrap", invite, p.name, p.addrs()
+	}
+	resp, err := p.call(s, req)
+	if err != nil {
+		res.Err = err
+		return res
+	}
+	if err := p.receive(s, peer, &res, int(resp.Count), progress); err != nil {
+		res.Err = err
+		return res
+	}
+	local, have = p.inst.DatabaseByID(db)
+	if !have {
+		res.Err = fmt.Errorf("%w: the peer sent no root entry for %s", ErrProtocol, db.Short())
+		return res
+	}
+	theirs, err := engine.DecodeVersionVector(resp.VV)
+	if err != nil {
+		res.Err = fmt.Errorf("%w: %v", ErrProtocol, err)
+		return res
+	}
+	if res.Err = p.send(s, local, theirs, &res); res.Err != nil {
+		return res
+	}
+	var a ack
+	if _, err := readFrame(s, &a); err != nil {
+		res.Err = err
+		return res
+	}
+	if a.Err != "" {
+		res.Err = errors.New(a.Err)
+	}
+	// Tips we still lack (a forked author chain hides them from version vectors):
+	// ask for them by id, and for their missing ancestors, until complete.
+	if want := p.lacking(resp.Tips); len(want) > 0 {
+		res.Err = errors.Join(res.Err, fmt.Errorf("after sync, %d of the peer's tips are unknown here", len(want)))
+	}
+	return res
+}
+
+func (p *proto) lacking(ids []engine.ID) []engine.ID {
+	var out []engine.ID
+	for _, id := range ids {
+		if !p.inst.Has(id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// receive applies batches until Done.
+func (p *proto) receive(s Stream, peer engine.PublicKey, res *Result, total int, progress func(done, total int)) error {
+	for {
+		var b batch
+		n, err := readFrame(s, &b)
+		if err != nil {
+			return err
+		}
+		res.BytesIn += n
+		if len(b.Entries) > 0 {
+			ar, err := p.inst.Apply(peer.String(), b.Entries...)
+			if err != nil {
+				return err
+			}
+			res.Received += len(ar.Applied)
+			if len(ar.Rejected) > 0 {
+				res.Rejected += len(ar.Rejected)
+				if p.rejected != nil {
+					p.rejected(peer, len(ar.Rejected))
+				}
+			}
+			if progress != nil {
+				progress(res.Received, total)
+			}
+		}
+		if b.Done {
+			return nil
+		}
+	}
+}
+
+// send streams the entries of db beyond vv in batches, then Done.
+func (p *proto) send(s Stream, db *engine.Database, vv engine.VersionVector, res *Result) error {
+	var cur batch
+	size := 0
+	var werr error
+	flush := func(done bool) {
+		cur.Done = done
+		b, err := encMode.Marshal(&cur)
+		if err != nil {
+			werr = err
+			return
+		}
+		if werr = writeFrame(s, &cur); werr == nil {
+			res.BytesOut += len(b) + 4
+			res.Sent += len(cur.Entries)
+		}
+		cur, size = batch{}, 0
+	}
+	err := db.EntriesAfter(vv, func(_ engine.ID, raw []byte) bool {
+		cur.Entries = append(cur.Entries, raw)
+		size += len(raw)
+		if len(cur.Entries) >= batchEntries || size >= batchBytes {
+			flush(false)
+		}
+		return werr == nil
+	})
+	if err != nil {
+		return err
+	}
+	if werr == nil {
+		flush(true)
+	}
+	return werr
+}
+
+// push sends the given entries of db.
+func (p *proto) push(s Stream, db engine.ID, raws [][]byte) (ack, error) {
+	if _, err := p.call(s, &request{Op: "push", DB: db}); err != nil {
+		return ack{}, err
+	}
+	for len(raws) > 0 {
+		n := min(len(raws), batchEntries)
+		if err := writeFrame(s, &batch{Entries: raws[:n]}); err != nil {
+			return ack{}, err
+		}
+		raws = raws[n:]
+	}
+	if err := writeFrame(s, &batch{Done: true}); err != nil {
+		return ack{}, err
+	}
+	var a ack
+	_, err := readFrame(s, &a)
+	return a, err
+}
+
+// ---- server side ----
+
+// serve answers one request stream from peer.
+func (p *proto) serve(s Stream, peer engine.PublicKey) error {
+	var req request
+	if _, err := readFrame(s, &req); err != nil {
+		return err
+	}
+	if req.Version != ProtocolVersion {
+		return writeFrame(s, errResponse(fmt.Errorf("%w: peer speaks %d, this node %d", ErrVersionMismatch, req.Version, ProtocolVersion)))
+	}
+	switch req.Op {
+	case "hello":
+		if p.learned != nil {
+			p.learned(peer, req.Name, req.Addrs)
+		}
+		return writeFrame(s, &response{Version: ProtocolVersion, Name: p.name, Addrs: p.addrs()})
+	case "discover":
+		return writeFrame(s, &response{DBs: p.offers(peer)})
+	case "sync", "bootstrap":
+		return p.serveSync(s, peer, &req)
+	case "push":
+		db, err := p.readable(peer, req.DB)
+		if err != nil {
+			return writeFrame(s, errResponse(err))
+		}
+		if err := writeFrame(s, &response{}); err != nil {
+			return err
+		}
+		return p.serveUpload(s, peer, db)
+	case "get":
+		return p.serveGet(s, peer, &req)
+	}
+	return writeFrame(s, errResponse(fmt.Errorf("%w: unknown request %q", ErrProtocol, req.Op)))
+}
+
+func (p *proto) offers(peer engine.PublicKey) []Offer {
+	var out []Offer
+	for _, info := range p.inst.Databases() {
+		db, _ := p.inst.DatabaseByID(info.ID)
+		s, err := db.Settings()
+		if err != nil {
+			continue
+		}
+		if perm := s.Permission(peer); perm >= engine.PermRead {
+			out = append(out, Offer{ID: info.ID, Name: info.Name, Entries: info.Entries, Perm: perm.String()})
+		}
+	}
+	return out
+}
+
+// readable returns db if peer may read it. A database the peer may not read is
+// reported exactly like one this node does not have.
+func (p *proto) readable(peer engine.PublicKey, id engine.ID) (*engine.Database, error) {
+	db, ok := p.inst.DatabaseByID(id)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrNotAuthorized, id.Short())
+	}
+	s, err := db.Settings()
+	if err != nil {
+		return nil, err
+	}
+	if s.Permission(peer) < engine.PermRead {
+		return nil, fmt.Errorf("%w: %s", ErrNotAuthorized, id.Short())
+	}
+	return db, nil
+}
+
+func (p *proto) serveSync(s Stream, peer engine.PublicKey, req *request) error {
+	if req.Op == "bootstrap" {
+		if p.redeem == nil {
+			return writeFrame(s, errResponse(ErrBadInvite))
+		}
+		perm, err := p.redeem(req.DB, req.Invite)
+		if err != nil {
+			return writeFrame(s, errResponse(err))
+		}
+		db, ok := p.inst.DatabaseByID(req.DB)
+		if !ok {
+			return writeFrame(s, errResponse(ErrUnknownDatabase))
+		}
+		if _, err := db.Grant(peer.String(), req.Name, perm); err != nil {
+			return writeFrame(s, errResponse(err))
+		}
+		if p.learned != nil {
+			p.learned(peer, req.Name, req.Addrs)
+		}
+	}
+	db, err := p.readable(peer, req.DB)
+	if err != nil {
+		return writeFrame(s, errResponse(err))
+	}
+	theirs, err := engine.DecodeVersionVector(req.VV)
+	if err != nil {
+		return writeFrame(s, errResponse(fmt.Errorf("%w: %v", ErrProtocol, err)))
+	}
+	mine := db.VersionVector()
+	var count uint64
+	for a, n := range mine {
+		if n > theirs[a] {
+			count += n - theirs[a]
+		}
+	}
+	if err := writeFrame(s, &response{VV: engine.EncodeVersionVector(mine), Tips: db.Tips(), Count: count}); err != nil {
+		return err
+	}
+	var res Result
+	if err := p.send(s, db, theirs, &res); err != nil {
+		return err
+	}
+	return p.serveUpload(s, peer, db)
+}
+
+// serveUpload applies the batches a peer sends, then acknowledges.
+func (p *proto) serveUpload(s Stream, peer engine.PublicKey, db *engine.Database) error {
+	var a ack
+	for {
+		var b batch
+		if _, err := readFrame(s, &b); err != nil {
+			return err
+		}
+		if len(b.Entries) > 0 {
+			ar, err := p.inst.Apply(peer.String(), b.Entries...)
+			if err != nil {
+				a.Err = err.Error()
+			}
+			a.Applied += len(ar.Applied)
+			a.Duplicates += ar.Duplicates
+			a.Pending = ar.Pending
+			a.Rejected += len(ar.Rejected)
+			if len(ar.Rejected) > 0 && p.rejected != nil {
+				p.rejected(peer, len(ar.Rejected))
+			}
+		}
+		if b.Done {
+			break
+		}
+	}
+	return writeFrame(s, &a)
+}
+
+func (p *proto) serveGet(s Stream, peer engine.PublicKey, req *request) error {
+	db, err := p.readable(peer, req.DB)
+	if err != nil {
+		return writeFrame(s, errResponse(err))
+	}
+	if err := writeFrame(s, &response{}); err != nil {
+		return err
+	}
+	var b batch
+	for _, id := range req.IDs {
+		raw, err := p.inst.Entry(id)
+		if err != nil {
+			continue
+		}
+		if e, _, err := engine.DecodeEntry(raw); err != nil || e.DatabaseID(id) != db.ID() {
+			continue
+		}
+		b.Entries = append(b.Entries, raw)
+	}
+	b.Done = true
+	return writeFrame(s, &b)
+}
+
+var _ = io.EOF
