@@ -32,6 +32,9 @@ type Options struct {
 	RetryCap time.Duration // longest wait between retries [5m]
 	Health   time.Duration // peer health check [60s]
 	Log      *slog.Logger
+	// Passive nodes only answer and do what they are asked (a one-off CLI command):
+	// no pushes, periodic syncs or health checks.
+	Passive bool
 }
 
 // Node is the sync engine of one eidefs node.
@@ -90,12 +93,15 @@ func Start(o Options) (*Node, error) {
 	for _, pc := range o.Peers {
 		n.AddPeer(pc.Key, pc.Name, pc.Addrs)
 	}
-	n.sub = n.inst.Subscribe()
-	n.wg.Add(2)
+	n.wg.Add(1)
 	go n.acceptLoop()
-	go n.eventLoop()
-	for _, p := range st.Peers() {
-		n.worker(p.Key).requestFull(nil)
+	if !o.Passive {
+		n.sub = n.inst.Subscribe()
+		n.wg.Add(1)
+		go n.eventLoop()
+		for _, p := range st.Peers() {
+			n.worker(p.Key).requestFull(nil)
+		}
 	}
 	return n, nil
 }
@@ -103,7 +109,9 @@ func Start(o Options) (*Node, error) {
 // Close stops everything and waits for it.
 func (n *Node) Close() error {
 	n.cancel()
-	n.sub.Close()
+	if n.sub != nil {
+		n.sub.Close()
+	}
 	err := n.tr.Close()
 	n.wg.Wait()
 	return err
@@ -134,7 +142,7 @@ func (n *Node) AddPeer(key engine.PublicKey, name string, addrs []string) error 
 			}
 		}
 	})
-	if err == nil && n.workers != nil {
+	if err == nil && !n.o.Passive {
 		n.worker(key).requestFull(nil)
 	}
 	return err

@@ -134,7 +134,7 @@ func newDBCmd(g *globals) *cobra.Command {
 		},
 	}
 	grant.Flags().StringVar(&grantName, "name", "", "a display name for the key")
-	db.AddCommand(create, list, grant)
+	db.AddCommand(create, list, grant, newShareCmd(g), newJoinCmd(g))
 	return db
 }
 

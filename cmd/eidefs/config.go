@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/eidefs/eidefs/engine"
 )
 
 // Config is eidefs.toml. Every key, with its default, is in eidefs.toml.example.
@@ -23,6 +24,22 @@ type Config struct {
 		Entry duration `toml:"entry_timeout"`
 		Attr  duration `toml:"attr_timeout"`
 	} `toml:"cache"`
+
+	Sync struct {
+		Periodic duration `toml:"periodic"`
+		Retry    duration `toml:"retry"`
+		RetryCap duration `toml:"retry_cap"`
+		Health   duration `toml:"health"`
+	} `toml:"sync"`
+
+	Peers []PeerConfig `toml:"peers"`
+}
+
+// PeerConfig is one [[peers]] table.
+type PeerConfig struct {
+	Key       string   `toml:"key"`
+	Name      string   `toml:"name"`
+	Addresses []string `toml:"addresses"`
 }
 
 type duration struct{ time.Duration }
@@ -49,6 +66,10 @@ func defaultConfig() Config {
 	c := Config{Name: host, LogLevel: "info", MaxValue: "64MiB", LocalOnly: defaultLocalOnly}
 	c.Cache.Entry.Duration = time.Second
 	c.Cache.Attr.Duration = time.Second
+	c.Sync.Periodic.Duration = 5 * time.Minute
+	c.Sync.Retry.Duration = 30 * time.Second
+	c.Sync.RetryCap.Duration = 5 * time.Minute
+	c.Sync.Health.Duration = time.Minute
 	return c
 }
 
@@ -73,6 +94,12 @@ func loadConfig(path string) (Config, error) {
 		k := und[0].String()
 		line, col := findKey(string(b), und[0][len(und[0])-1])
 		return c, fmt.Errorf("%s:%d:%d: unknown key %q", path, line, col, k)
+	}
+	for i, p := range c.Peers {
+		if _, err := engine.ParsePublicKey(p.Key); err != nil {
+			line, col := findKey(string(b), "key")
+			return c, fmt.Errorf("%s:%d:%d: peers[%d]: %v", path, line, col, i, err)
+		}
 	}
 	if _, err := parseSize(c.MaxValue); err != nil {
 		line, col := findKey(string(b), "max_value")

@@ -43,7 +43,7 @@ each store a subdirectory, each key a file.`,
 	root.AddCommand(
 		newInitCmd(g), newDBCmd(g), newSetCmd(g), newGetCmd(g), newLsCmd(g), newRmCmd(g),
 		newLogCmd(g), newConflictsCmd(g), newStatusCmd(g), newMountCmd(g),
-		newExportCmd(g), newImportCmd(g),
+		newExportCmd(g), newImportCmd(g), newServeCmd(g), newPeerCmd(g), newSyncCmd(g), newDiscoverCmd(g),
 	)
 	return root
 }

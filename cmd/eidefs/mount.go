@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/eidefs/eidefs/fs"
@@ -16,6 +17,7 @@ import (
 
 func newMountCmd(g *globals) *cobra.Command {
 	var debug bool
+	var listen []string
 	c := &cobra.Command{
 		Use:   "mount DIR",
 		Short: "Mount the databases at DIR (runs in the foreground; Ctrl-C unmounts)",
@@ -34,6 +36,13 @@ func newMountCmd(g *globals) *cobra.Command {
 			}
 			defer n.Close()
 			log := newLogger(n.cfg.LogLevel)
+			if len(listen) == 0 {
+				listen = n.cfg.Listen
+			}
+			if err := n.startSync(listen, false, log); err != nil {
+				return err
+			}
+			defer n.sync.Close()
 			maxValue, _ := parseSize(n.cfg.MaxValue)
 			fsys, err := fs.Mount(dir, fs.Options{
 				Instance:     n.inst,
@@ -53,7 +62,7 @@ func newMountCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer ctl.Close()
-			log.Info("mounted", "dir", dir, "data", n.dir, "key", n.inst.Identity().Public().String())
+			log.Info("mounted", "dir", dir, "data", n.dir, "key", n.inst.Identity().Public().String(), "listen", strings.Join(n.sync.Addrs(), ","))
 
 			sigs := make(chan os.Signal, 1)
 			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
@@ -76,6 +85,7 @@ func newMountCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVar(&debug, "debug", false, "log every FUSE request")
+	c.Flags().StringSliceVar(&listen, "listen", nil, "address to listen on for peers, e.g. 0.0.0.0:7400 (repeatable; default: listen in eidefs.toml)")
 	return c
 }
 

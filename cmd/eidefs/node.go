@@ -8,6 +8,7 @@ import (
 
 	"github.com/eidefs/eidefs/engine"
 	"github.com/eidefs/eidefs/kv"
+	"github.com/eidefs/eidefs/netsync"
 )
 
 const (
@@ -76,6 +77,7 @@ type node struct {
 	cfg  Config
 	kv   *kv.DB
 	inst *engine.Instance
+	sync *netsync.Node // running sync engine (mount, serve), or nil
 }
 
 func openNode(g *globals) (*node, error) {
@@ -119,6 +121,10 @@ func userMessage(err error) string {
 		return err.Error() + " (see `eidefs db list`)"
 	case errors.Is(err, engine.ErrNotAuthorized):
 		return err.Error() + " (ask an admin of the database for write access: `eidefs db grant`)"
+	case errors.Is(err, netsync.ErrNotAuthorized):
+		return err.Error() + " (the peer has not granted this node's key access: ask its owner for a ticket, `eidefs db share`)"
+	case errors.Is(err, netsync.ErrUnreachable):
+		return err.Error() + " (is the peer running with --listen, and is the address right?)"
 	}
 	return err.Error()
 }
