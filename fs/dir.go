@@ -49,18 +49,27 @@ func overlayChild(parent *gofs.Inode, name string) (*gofs.Inode, *fileNode) {
 func (f *FS) newChild(ctx context.Context, parent *gofs.Inode, l loc, n engine.Node, out *fuse.EntryOut) *gofs.Inode {
 	var ops gofs.InodeEmbedder
 	var st gofs.StableAttr
+	name := l.store
+	if len(l.path) > 0 {
+		name = l.path[len(l.path)-1]
+	}
 	switch n.Kind {
 	case engine.OpMap:
-		ops, st = &dirNode{fsys: f}, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: l.ino('d')}
+		ops, st = &dirNode{fsys: f}, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: f.childIno(parent, name, 'd')}
 		f.setAttr(&out.Attr, modeDir, 0, n.Time)
 	case engine.OpLink:
-		ops, st = &linkNode{fsys: f}, gofs.StableAttr{Mode: syscall.S_IFLNK, Ino: l.ino('l')}
+		ops, st = &linkNode{fsys: f}, gofs.StableAttr{Mode: syscall.S_IFLNK, Ino: f.childIno(parent, name, 'l')}
 		f.setAttr(&out.Attr, modeLink, n.Size, n.Time)
 	default:
-		ops, st = &fileNode{fsys: f}, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: l.ino('f')}
+		ops, st = &fileNode{fsys: f}, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: f.childIno(parent, name, 'f')}
 		f.setAttr(&out.Attr, modeFile, n.Size, n.Time)
 	}
-	ch := parent.NewInode(ctx, ops, st)
+	ch := parent.GetChild(name)
+	if ch == nil || ch.StableAttr().Mode != st.Mode {
+		// The node already here (say, one that was renamed here and still carries
+		// its old number) is the one the kernel and open files know: keep it.
+		ch = parent.NewInode(ctx, ops, st)
+	}
 	if fn, ok := ch.Operations().(*fileNode); ok {
 		fn.mu.Lock()
 		if fn.inMemoryLocked() && fn.cur != nil {
@@ -111,11 +120,14 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		de := fuse.DirEntry{Name: e.Name}
 		switch e.Kind {
 		case engine.OpMap:
-			de.Mode, de.Ino = syscall.S_IFDIR, cl.ino('d')
+			de.Mode, de.Ino = syscall.S_IFDIR, d.fsys.childIno(d.EmbeddedInode(), e.Name, 'd')
 		case engine.OpLink:
-			de.Mode, de.Ino = syscall.S_IFLNK, cl.ino('l')
+			de.Mode, de.Ino = syscall.S_IFLNK, d.fsys.childIno(d.EmbeddedInode(), e.Name, 'l')
 		default:
-			de.Mode, de.Ino = syscall.S_IFREG, cl.ino('f')
+			de.Mode, de.Ino = syscall.S_IFREG, d.fsys.childIno(d.EmbeddedInode(), e.Name, 'f')
+		}
+		if ch := d.GetChild(e.Name); ch != nil && ch.StableAttr().Mode == de.Mode {
+			de.Ino = ch.StableAttr().Ino // a node that moved here keeps its number
 		}
 		seen[e.Name] = true
 		entries = append(entries, de)
@@ -160,6 +172,7 @@ func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 		return nil, errno
 	}
 	cl := l.child(name)
+	d.fsys.unhide(cl)
 	if errno := d.fsys.commit(l.db, engine.Journal, func(tx *engine.Tx) { tx.Store(cl.store).Clear(cl.path) }); errno != 0 {
 		return nil, errno
 	}
@@ -174,7 +187,6 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
-	cl := l.child(name)
 	local := d.fsys.isLocalOnly(name)
 	if !local {
 		if errno := d.fsys.writable(l); errno != 0 {
@@ -184,7 +196,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	if n, ok := d.fsys.exists(d.EmbeddedInode(), l, name); ok && n.Kind == engine.OpMap {
 		return nil, nil, 0, syscall.EISDIR
 	}
-	st := gofs.StableAttr{Mode: syscall.S_IFREG, Ino: cl.ino('f')}
+	st := gofs.StableAttr{Mode: syscall.S_IFREG, Ino: d.fsys.childIno(d.EmbeddedInode(), name, 'f')}
 	var ch *gofs.Inode
 	if local {
 		ch = d.NewPersistentInode(ctx, &fileNode{fsys: d.fsys}, st)
@@ -251,6 +263,7 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 		fn.mu.Unlock()
 		if local {
 			ch.ForgetPersistent()
+			d.fsys.retire(d.EmbeddedInode(), name)
 			return 0
 		}
 		removed = true
@@ -271,7 +284,12 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	if errno := d.fsys.writable(l); errno != 0 {
 		return errno
 	}
-	return d.fsys.commit(l.db, engine.Journal, func(tx *engine.Tx) { tx.Store(cl.store).Delete(cl.path) })
+	d.fsys.keepOpen(d.EmbeddedInode(), name)
+	errno = d.fsys.commit(l.db, engine.Journal, func(tx *engine.Tx) { tx.Store(cl.store).Delete(cl.path) })
+	if errno == 0 {
+		d.fsys.retire(d.EmbeddedInode(), name)
+	}
+	return errno
 }
 
 func (d *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
@@ -300,7 +318,15 @@ func (f *FS) rmdir(parent *gofs.Inode, l loc) syscall.Errno {
 	if errno := f.writable(l); errno != 0 {
 		return errno
 	}
-	return f.commit(l.db, engine.Journal, func(tx *engine.Tx) { tx.Store(l.store).Delete(l.path) })
+	errno := f.commit(l.db, engine.Journal, func(tx *engine.Tx) { tx.Store(l.store).Delete(l.path) })
+	if errno == 0 {
+		name := l.store
+		if len(l.path) > 0 {
+			name = l.path[len(l.path)-1]
+		}
+		f.retire(parent, name)
+	}
+	return errno
 }
 
 // nonEmpty reports whether the directory at l shows any entry.
@@ -379,6 +405,23 @@ func (f *FS) destLoc(newParent gofs.InodeEmbedder, newName string) (loc, syscall
 
 // rename moves src (a child of srcParent) to newName in newParent as one commit.
 func (f *FS) rename(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	errno := f.renameInner(srcParent, src, newParent, newName, flags)
+	if errno == 0 {
+		srcName := src.store
+		if len(src.path) > 0 {
+			srcName = src.path[len(src.path)-1]
+		}
+		// The moved node keeps its number; both names get fresh ones for newcomers.
+		f.retire(srcParent, srcName)
+		f.retire(newParent.EmbeddedInode(), newName)
+	}
+	return errno
+}
+
+func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	if flags&renameExchange == 0 {
+		f.keepOpen(newParent.EmbeddedInode(), newName)
+	}
 	if flags&renameExchange != 0 {
 		return syscall.EINVAL
 	}
@@ -439,6 +482,15 @@ func (f *FS) rename(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmbedder
 			f.dropOverlay(dstParent, newName)
 		}
 		data := fn.cur.data
+		wasLocal := fn.local
+		if !srcStored && f.storedEqual(dst, data) {
+			// sed -i that changed nothing: the key already holds these bytes.
+			fn.local, fn.pending, fn.cur.dirty = false, false, false
+			if wasLocal {
+				ch.ForgetPersistent()
+			}
+			return 0
+		}
 		f.unhide(dst)
 		errno := f.commit(dst.db, engine.Journal, func(tx *engine.Tx) {
 			if srcStored {
@@ -448,6 +500,9 @@ func (f *FS) rename(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmbedder
 		})
 		if errno == 0 {
 			fn.local, fn.pending, fn.cur.dirty = false, false, false
+			if wasLocal {
+				ch.ForgetPersistent() // an ordinary node from now on
+			}
 		}
 		return errno
 	}
@@ -476,7 +531,11 @@ func (f *FS) rename(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmbedder
 			if ch := srcParent.GetChild(srcName); ch != nil {
 				if fn, ok := ch.Operations().(*fileNode); ok {
 					fn.mu.Lock()
-					fn.cur = &content{data: full.Value, loaded: true, mtime: time.UnixMilli(full.Time)}
+					if fn.cur != nil {
+						fn.loadLocked(fn.cur) // open descriptors share it
+					} else {
+						fn.cur = &content{data: full.Value, loaded: true, mtime: time.UnixMilli(full.Time)}
+					}
 					fn.local = true
 					fn.mu.Unlock()
 					f.track(fn, true)
@@ -507,6 +566,7 @@ func (f *FS) rename(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmbedder
 		}
 	}
 	var copyErr error
+	f.unhide(dst)
 	errno = f.commit(src.db, engine.Journal, func(tx *engine.Tx) {
 		tx.Store(src.store).Delete(src.path)
 		ds := tx.Store(dst.store)

@@ -69,14 +69,22 @@ var (
 
 // handle is one open file description.
 type handle struct {
-	c      *content
-	append bool
-	wrote  bool // write(2) went through this handle
+	c       *content
+	append  bool
+	wrote   bool // write(2) went through this handle
+	flushes int
 }
 
 // inMemoryLocked reports whether the node's truth is its content, not the engine.
 func (n *fileNode) inMemoryLocked() bool {
 	return n.local || n.pending || (n.cur != nil && n.cur.dirty)
+}
+
+// isStored reports whether the file exists in the database (not only here).
+func (n *fileNode) isStored() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return !n.local && !n.pending
 }
 
 func (n *fileNode) inMemory() bool {
@@ -90,14 +98,19 @@ func (n *fileNode) attrFromContent(c *content, out *fuse.Attr) {
 }
 
 func (n *fileNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	_, parent := n.Parent()
+	orphan := parent == nil // unlinked or replaced, still open
 	n.mu.Lock()
 	c := n.cur
 	if h, ok := f.(*handle); ok {
 		c = h.c
 	}
-	if c != nil && (c.dirty || n.local || n.pending) {
+	if c != nil && (c.dirty || n.local || n.pending || (orphan && c.loaded)) {
 		n.attrFromContent(c, &out.Attr)
 		n.mu.Unlock()
+		if orphan {
+			out.Nlink = 0
+		}
 		return 0
 	}
 	n.mu.Unlock()
@@ -113,8 +126,28 @@ func (n *fileNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 	return 0
 }
 
+// keepOpen loads the content of an open file about to lose its name (unlink, or
+// replaced by a rename), so its descriptors keep reading it.
+func (f *FS) keepOpen(parent *gofs.Inode, name string) {
+	if ch := parent.GetChild(name); ch != nil {
+		if fn, ok := ch.Operations().(*fileNode); ok {
+			fn.mu.Lock()
+			if fn.cur != nil {
+				fn.loadLocked(fn.cur)
+			}
+			fn.mu.Unlock()
+		}
+	}
+}
+
 func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if errno := n.fsys.checkSetattr(in, modeFile); errno != 0 {
+	mode := uint32(modeFile)
+	if m, ok := in.GetMode(); ok && !n.isStored() {
+		// A file still being created (mkstemp's 0600, then fchmod): the mode cannot
+		// be kept, but refusing it breaks rsync and friends. Stored files refuse.
+		mode = m
+	}
+	if errno := n.fsys.checkSetattr(in, mode); errno != 0 {
 		return errno
 	}
 	if sz, ok := in.GetSize(); ok {
@@ -125,6 +158,11 @@ func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 		c := n.cur
 		if h, ok := f.(*handle); ok {
 			c = h.c
+			// ftruncate counts as a write, except a truncation to zero before anything
+			// else: that is how the kernel delivers open(O_TRUNC).
+			if sz != 0 || h.wrote || h.flushes > 0 {
+				h.wrote = true
+			}
 		}
 		if c != nil {
 			errno := n.loadLocked(c)
@@ -263,13 +301,16 @@ func (n *fileNode) Write(ctx context.Context, f gofs.FileHandle, data []byte, of
 }
 
 // Flush runs on every close(2) of a descriptor. It commits what was written, so a
-// closed file survives the process being killed. A descriptor that wrote nothing
-// leaves the commit to Release: the shell's `echo x > f` opens (truncating), dups
-// and closes the first descriptor before writing, and that must not commit an
-// empty file first.
+// closed file survives the process being killed. The first close of a file that
+// nothing was written to yet does not commit: the shell's `echo x > f` opens
+// (truncating), dups and closes the first descriptor before writing, and that must
+// not commit an empty file first. A later close commits (`: > f` and `touch` close
+// twice too); a file closed once without a write commits at release, milliseconds
+// later.
 func (n *fileNode) Flush(ctx context.Context, f gofs.FileHandle) syscall.Errno {
 	h := f.(*handle)
-	if !h.wrote {
+	h.flushes++
+	if !h.wrote && h.flushes == 1 {
 		return 0
 	}
 	return n.commitContent(h.c, engine.Journal)

@@ -10,6 +10,7 @@
 package fs
 
 import (
+	"encoding/binary"
 	"errors"
 	"hash/fnv"
 	"path/filepath"
@@ -48,10 +49,11 @@ type FS struct {
 	sub      *engine.Subscription
 	done     chan struct{}
 
-	mu         sync.Mutex // guards hidden, hiddenLocs and open
+	mu         sync.Mutex // guards hidden, hiddenLocs, open and gens
 	hidden     map[string]*time.Timer
 	hiddenLocs map[string]loc
 	open       map[*fileNode]bool // nodes with content in memory
+	gens       map[genKey]uint32  // see childIno
 }
 
 // originFS tags the commits made by the filesystem, whose kernel caches are
@@ -69,7 +71,7 @@ func Mount(dir string, o Options) (*FS, error) {
 		o.MaxValue = 64 << 20
 	}
 	f := &FS{inst: o.Instance, opts: o, uid: uint32(syscall.Getuid()), gid: uint32(syscall.Getgid()),
-		hidden: map[string]*time.Timer{}, hiddenLocs: map[string]loc{}, open: map[*fileNode]bool{}, done: make(chan struct{})}
+		hidden: map[string]*time.Timer{}, hiddenLocs: map[string]loc{}, gens: map[genKey]uint32{}, open: map[*fileNode]bool{}, done: make(chan struct{})}
 	f.root = &rootNode{fsys: f}
 	entry, attr := o.EntryTimeout, o.AttrTimeout
 	var neg time.Duration // no negative caching: a peer may create any name
@@ -164,6 +166,42 @@ func ino(kind byte, db engine.ID, store string, path []string) uint64 {
 		v += 16 // low numbers are the root's and go-fuse's
 	}
 	return v
+}
+
+type genKey struct {
+	parent uint64
+	name   string
+}
+
+// childIno is the inode number of name in parent: a hash of the parent's number,
+// the name and the kind, so it is the same on every mount. go-fuse shares one
+// inode among all lookups of a number, so a node that moved away (renamed, or
+// unlinked while still open) keeps its number and the path it left gets the next
+// generation's.
+func (f *FS) childIno(parent *gofs.Inode, name string, kind byte) uint64 {
+	p := parent.StableAttr().Ino
+	f.mu.Lock()
+	g := f.gens[genKey{p, name}]
+	f.mu.Unlock()
+	h := fnv.New64a()
+	var b [13]byte
+	b[0] = kind
+	binary.LittleEndian.PutUint64(b[1:], p)
+	binary.LittleEndian.PutUint32(b[9:], g)
+	h.Write(b[:])
+	h.Write([]byte(name))
+	v := h.Sum64()
+	if v < 16 {
+		v += 16
+	}
+	return v
+}
+
+// retire gives name in parent a new generation of inode numbers: its node left.
+func (f *FS) retire(parent *gofs.Inode, name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.gens[genKey{parent.StableAttr().Ino, name}]++
 }
 
 // toErrno maps engine errors to errnos: the one place that does.

@@ -25,8 +25,6 @@ func (l loc) key() string {
 	return l.db.ID().String() + "\x00" + l.store + "\x00" + strings.Join(l.path, "\x00")
 }
 
-func (l loc) ino(kind byte) uint64 { return ino(kind, l.db.ID(), l.store, l.path) }
-
 // locate finds a node's location from its place in the inode tree, so renames
 // need no bookkeeping. It fails with ENOENT for a node that was unlinked, and for
 // nodes that are not inside a store.
@@ -35,8 +33,8 @@ func (f *FS) locate(in *gofs.Inode) (loc, syscall.Errno) {
 	root := f.root.EmbeddedInode()
 	for p := in; p != root; {
 		name, parent := p.Parent()
-		if parent == nil {
-			return loc{}, syscall.ENOENT
+		if parent == nil || parent.GetChild(name) != p {
+			return loc{}, syscall.ENOENT // unlinked, or replaced by another node
 		}
 		names = append(names, name)
 		p = parent
@@ -117,6 +115,11 @@ func (f *FS) commitHiddenDelete(k string) {
 	delete(f.hiddenLocs, k)
 	f.mu.Unlock()
 	if !ok {
+		return
+	}
+	// Only while the key is still there: a delete below a directory that is gone
+	// would bring the directory back (a delete at a/b/c implies maps at a and a/b).
+	if n, err := l.db.Stat(l.store, l.path); err != nil || n.Kind == engine.OpMap {
 		return
 	}
 	f.commit(l.db, engine.Journal, func(tx *engine.Tx) { tx.Store(l.store).Delete(l.path) })

@@ -142,7 +142,7 @@ func (d *dbNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	}
 	entries := []fuse.DirEntry{{Name: ".sync", Mode: syscall.S_IFDIR, Ino: ino('S', d.id, "", nil)}}
 	for _, s := range db.Stores() {
-		entries = append(entries, fuse.DirEntry{Name: s, Mode: syscall.S_IFDIR, Ino: loc{db: db, store: s}.ino('d')})
+		entries = append(entries, fuse.DirEntry{Name: s, Mode: syscall.S_IFDIR, Ino: d.fsys.childIno(d.EmbeddedInode(), s, 'd')})
 	}
 	return gofs.NewListDirStream(entries), 0
 }
