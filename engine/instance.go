@@ -317,6 +317,7 @@ type commitReq struct {
 	db     ID
 	stores []StoreNode // ops only; names sorted later
 	origin string      // tags the commit's event (Tx.SetOrigin)
+	time   int64       // entry time in ms (Tx.SetTime); 0 = now
 }
 
 type createReq struct {
@@ -521,6 +522,9 @@ func (g *group) commit(c *commitReq) (ID, error) {
 	}
 	now := g.in.nowMs()
 	e := &Entry{Root: st.id, Parents: slices.Clone(st.rec.Tips), Height: max(uint64(now), st.rec.MaxH+1), Time: now}
+	if c.time > 0 {
+		e.Time = c.time
+	}
 	for _, s := range c.stores {
 		e.Stores = append(e.Stores, StoreNode{Name: s.Name, Parents: slices.Clone(st.storeTips[s.Name]), Ops: s.Ops})
 	}

@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"slices"
+	"time"
 )
 
 // Tx stages changes to any stores of one database; Commit writes them as one
@@ -11,11 +12,16 @@ type Tx struct {
 	db     *Database
 	stores []*StoreTx
 	origin string
+	time   int64 // ms; 0 = now
 	err    error // first staging error; Commit returns it
 }
 
 // SetOrigin tags the commit's event, so a subscriber can tell its own commits.
 func (t *Tx) SetOrigin(origin string) { t.origin = origin }
+
+// SetTime sets the entry's (informational) wall-clock time, e.g. when the change
+// was made rather than committed. Heights, and so ordering, still use the clock.
+func (t *Tx) SetTime(tm time.Time) { t.time = tm.UnixMilli() }
 
 // Begin starts a transaction.
 func (d *Database) Begin() *Tx { return &Tx{db: d} }
@@ -67,7 +73,7 @@ func (t *Tx) Commit(d Durability) (ID, error) {
 	if len(stores) == 0 {
 		return ID{}, fmt.Errorf("empty transaction")
 	}
-	r := t.db.in.do(&request{commit: &commitReq{db: t.db.id, stores: stores, origin: t.origin}, sync: d == Sync})
+	r := t.db.in.do(&request{commit: &commitReq{db: t.db.id, stores: stores, origin: t.origin, time: t.time}, sync: d == Sync})
 	return r.id, r.err
 }
 

@@ -206,7 +206,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	fn := ch.Operations().(*fileNode)
 	fn.mu.Lock()
 	defer fn.mu.Unlock()
-	c := &content{loaded: true, dirty: !local, mtime: time.Now(), refs: 1}
+	c := &content{loaded: true, dirty: !local, mtime: nowMs(), refs: 1}
 	fn.cur, fn.local, fn.pending = c, local, !local
 	d.fsys.track(fn, true)
 	fn.attrFromContent(c, &out.Attr)
@@ -571,7 +571,7 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 		tx.Store(src.store).Delete(src.path)
 		ds := tx.Store(dst.store)
 		ds.Clear(dst.path)
-		copyErr = walk(src, func(rel []string, n engine.Node) {
+		copyErr = f.walk(src, func(rel []string, n engine.Node) {
 			p := append(slices.Clone(dst.path), rel...)
 			switch n.Kind {
 			case engine.OpMap:
@@ -617,8 +617,9 @@ func (f *FS) dropOverlay(parent *gofs.Inode, name string) {
 	}
 }
 
-// walk calls fn for every visible node below the map at l, with values, parents first.
-func walk(l loc, fn func(rel []string, n engine.Node)) error {
+// walk calls fn for every visible node below the map at l, with values, parents
+// first. Hidden keys (moved aside to local-only names) are not visible.
+func (f *FS) walk(l loc, fn func(rel []string, n engine.Node)) error {
 	var rec func(rel []string) error
 	rec = func(rel []string) error {
 		var kids []engine.DirEntry
@@ -630,6 +631,9 @@ func walk(l loc, fn func(rel []string, n engine.Node)) error {
 		}
 		for _, k := range kids {
 			r := append(slices.Clone(rel), k.Name)
+			if f.isHidden(loc{db: l.db, store: l.store, path: append(slices.Clone(l.path), r...)}) {
+				continue
+			}
 			if k.Kind == engine.OpMap {
 				fn(r, k.Node)
 				if err := rec(r); err != nil {

@@ -157,12 +157,10 @@ func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 		n.mu.Lock()
 		c := n.cur
 		if h, ok := f.(*handle); ok {
+			// ftruncate(2) counts as a write. open(O_TRUNC) arrives as a setattr
+			// without a file handle: the kernel sends it so (fuse_do_setattr, ATTR_OPEN).
 			c = h.c
-			// ftruncate counts as a write, except a truncation to zero before anything
-			// else: that is how the kernel delivers open(O_TRUNC).
-			if sz != 0 || h.wrote || h.flushes > 0 {
-				h.wrote = true
-			}
+			h.wrote = true
 		}
 		if c != nil {
 			errno := n.loadLocked(c)
@@ -210,7 +208,7 @@ func resize(c *content, sz int) {
 		c.data = append(c.data, make([]byte, sz-len(c.data))...)
 	}
 	c.dirty = true
-	c.mtime = time.Now()
+	c.mtime = nowMs()
 }
 
 func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
@@ -295,7 +293,7 @@ func (n *fileNode) Write(ctx context.Context, f gofs.FileHandle, data []byte, of
 	}
 	copy(c.data[off:], data)
 	c.dirty = true
-	c.mtime = time.Now()
+	c.mtime = nowMs()
 	h.wrote = true
 	return uint32(len(data)), 0
 }
@@ -368,8 +366,11 @@ func (n *fileNode) commitContent(c *content, d engine.Durability) syscall.Errno 
 		return 0
 	}
 	n.fsys.unhide(l)
-	data := c.data
-	if errno := n.fsys.commit(l.db, d, func(tx *engine.Tx) { tx.Store(l.store).SetPath(l.path, data) }); errno != 0 {
+	data, mtime := c.data, c.mtime
+	if errno := n.fsys.commit(l.db, d, func(tx *engine.Tx) {
+		tx.Store(l.store).SetPath(l.path, data)
+		tx.SetTime(mtime) // a file's mtime is when it was last written
+	}); errno != 0 {
 		return errno
 	}
 	c.dirty, n.pending = false, false
@@ -463,3 +464,7 @@ func (f *FS) storedEqual(l loc, data []byte) bool {
 	cur, err := l.db.Get(l.store, l.path)
 	return err == nil && bytes.Equal(cur.Value, data)
 }
+
+// nowMs is the time at the millisecond resolution entries keep, so a file's mtime
+// reads the same before and after its commit.
+func nowMs() time.Time { return time.Now().Truncate(time.Millisecond) }
