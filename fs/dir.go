@@ -565,6 +565,12 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 			return syscall.ENOTEMPTY
 		}
 	}
+	// Files below that were created or written and not committed yet (a close that
+	// commits at release may still be on its way) are committed first, so the copy
+	// below includes them and no late commit lands at the old path.
+	if ch := srcParent.GetChild(srcName); ch != nil {
+		f.flushTree(ch)
+	}
 	var copyErr error
 	f.unhide(dst)
 	errno = f.commit(src.db, engine.Journal, func(tx *engine.Tx) {
@@ -668,3 +674,18 @@ func (d *dirNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	return syscall.ENOTSUP
 }
 func (d *dirNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) { return 0, 0 }
+
+// Fsync on a directory: every directory change is committed when it returns.
+func (d *dirNode) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) syscall.Errno { return 0 }
+
+// flushTree commits the buffered content of every file below in.
+func (f *FS) flushTree(in *gofs.Inode) {
+	for _, ch := range in.Children() {
+		switch n := ch.Operations().(type) {
+		case *fileNode:
+			n.flush(engine.Journal)
+		case *dirNode:
+			f.flushTree(ch)
+		}
+	}
+}

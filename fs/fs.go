@@ -49,6 +49,7 @@ type FS struct {
 	sub      *engine.Subscription
 	done     chan struct{}
 
+	hideMu     sync.Mutex // serialises hidden deletes with unhide; taken before mu
 	mu         sync.Mutex // guards hidden, hiddenLocs, open and gens
 	hidden     map[string]*time.Timer
 	hiddenLocs map[string]loc

@@ -129,3 +129,5 @@ func (g *genFile) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off 
 	}
 	return fuse.ReadResultData(data[off:min(int64(len(data)), off+int64(len(dest)))]), 0
 }
+
+func (g *genDir) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) syscall.Errno { return 0 }

@@ -90,8 +90,12 @@ func (f *FS) hide(l loc) {
 }
 
 // unhide cancels a pending hidden delete; the caller is about to overwrite the key.
+// A delete already under way finishes first (hideMu), so it never lands after the
+// caller's commit.
 func (f *FS) unhide(l loc) {
 	k := l.key()
+	f.hideMu.Lock()
+	defer f.hideMu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if t, ok := f.hidden[k]; ok {
@@ -109,6 +113,8 @@ func (f *FS) isHidden(l loc) bool {
 }
 
 func (f *FS) commitHiddenDelete(k string) {
+	f.hideMu.Lock()
+	defer f.hideMu.Unlock()
 	f.mu.Lock()
 	l, ok := f.hiddenLocs[k]
 	delete(f.hidden, k)

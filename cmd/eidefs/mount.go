@@ -43,6 +43,13 @@ func newMountCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer n.sync.Close()
+			// The control socket is up before the mount appears, so a script that waits
+			// for the mount can use the CLI at once.
+			ctl, err := serveControl(n, log)
+			if err != nil {
+				return err
+			}
+			defer ctl.Close()
 			maxValue, _ := parseSize(n.cfg.MaxValue)
 			fsys, err := fs.Mount(dir, fs.Options{
 				Instance:     n.inst,
@@ -56,12 +63,6 @@ func newMountCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("mounting %s: %w", dir, err)
 			}
-			ctl, err := serveControl(n, log)
-			if err != nil {
-				fsys.Unmount()
-				return err
-			}
-			defer ctl.Close()
 			log.Info("mounted", "dir", dir, "data", n.dir, "key", n.inst.Identity().Public().String(), "listen", strings.Join(n.sync.Addrs(), ","))
 
 			sigs := make(chan os.Signal, 1)
