@@ -127,3 +127,29 @@ func LoadIdentity(path string) (*Identity, error) {
 	}
 	return IdentityFromPrivate(ed25519.NewKeyFromSeed(blk.Bytes)), nil
 }
+
+// MarshalText gives JSON and text encodings the String form.
+func (k PublicKey) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
+// UnmarshalText parses the String form.
+func (k *PublicKey) UnmarshalText(b []byte) error {
+	p, err := ParsePublicKey(string(b))
+	if err != nil {
+		return err
+	}
+	*k = p
+	return nil
+}
+
+// MarshalText gives JSON and text encodings the hex form.
+func (id ID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText parses the hex form.
+func (id *ID) UnmarshalText(b []byte) error {
+	p, err := ParseID(string(b))
+	if err != nil {
+		return err
+	}
+	*id = p
+	return nil
+}

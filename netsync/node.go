@@ -51,8 +51,8 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu      sync.Mutex // guards conns, workers and listeners
-	conns   map[engine.PublicKey]*Conn
+	mu      sync.Mutex                   // guards conns, workers and listeners
+	conns   map[engine.PublicKey][]*Conn // live connections per peer, oldest first
 	workers map[engine.PublicKey]*worker
 	// listeners get every sync record as it happens (.sync/history).
 	listeners []func(HistoryRecord)
@@ -84,7 +84,7 @@ func Start(o Options) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{o: o, inst: o.Instance, state: st, tr: tr, log: o.Log,
-		conns: map[engine.PublicKey]*Conn{}, workers: map[engine.PublicKey]*worker{}}
+		conns: map[engine.PublicKey][]*Conn{}, workers: map[engine.PublicKey]*worker{}}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.p = &proto{inst: n.inst, name: o.Name, addrs: tr.Addrs, learned: n.learned, redeem: st.redeem,
 		rejected: func(k engine.PublicKey, c int) {
@@ -159,10 +159,10 @@ func (n *Node) RemovePeer(keyOrName string) error {
 		w.stop()
 		delete(n.workers, p.Key)
 	}
-	if c := n.conns[p.Key]; c != nil {
+	for _, c := range n.conns[p.Key] {
 		c.Close()
-		delete(n.conns, p.Key)
 	}
+	delete(n.conns, p.Key)
 	n.mu.Unlock()
 	return n.state.removePeer(p.Key)
 }
@@ -241,15 +241,14 @@ func (n *Node) acceptLoop() {
 // adopt registers a connection and serves the requests the peer makes on it.
 func (n *Node) adopt(c *Conn) {
 	n.mu.Lock()
-	if old := n.conns[c.Peer()]; old != nil && old != c {
-		select {
-		case <-old.Done():
-		default:
-			// Keep both working: the old one serves its streams until it ends.
-		}
-	}
-	n.conns[c.Peer()] = c
+	// Every connection is kept until it ends; requests go over the oldest live one
+	// (a short-lived one, such as a peer's discover, may close at any moment).
+	n.conns[c.Peer()] = append(n.liveLocked(c.Peer()), c)
+	w := n.workers[c.Peer()]
 	n.mu.Unlock()
+	if w != nil {
+		w.revive() // it is back: stop waiting out a retry
+	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -270,17 +269,34 @@ func (n *Node) adopt(c *Conn) {
 	}()
 }
 
-// conn returns a live connection to peer, dialling its known addresses if needed.
-func (n *Node) conn(ctx context.Context, key engine.PublicKey) (*Conn, error) {
-	n.mu.Lock()
-	c := n.conns[key]
-	n.mu.Unlock()
-	if c != nil {
+// liveLocked prunes and returns the peer's connections that are still up.
+func (n *Node) liveLocked(key engine.PublicKey) []*Conn {
+	var live []*Conn // a new slice: callers keep the one they got
+	for _, c := range n.conns[key] {
 		select {
 		case <-c.Done():
 		default:
-			return c, nil
+			live = append(live, c)
 		}
+	}
+	if len(live) == 0 {
+		delete(n.conns, key)
+		return nil
+	}
+	n.conns[key] = live
+	return live
+}
+
+// conn returns a live connection to peer, dialling its known addresses if needed.
+func (n *Node) conn(ctx context.Context, key engine.PublicKey) (*Conn, error) {
+	n.mu.Lock()
+	var c *Conn
+	if live := n.liveLocked(key); len(live) > 0 {
+		c = live[0]
+	}
+	n.mu.Unlock()
+	if c != nil {
+		return c, nil
 	}
 	p, ok := n.state.Peer(key)
 	if !ok || len(p.Addrs) == 0 {
@@ -313,8 +329,11 @@ func (n *Node) stream(ctx context.Context, key engine.PublicKey) (Stream, error)
 	}
 	s, err := c.OpenStream(ctx)
 	if err != nil {
-		// The connection died under us: one fresh dial.
+		// The connection died under us: try the next (or a fresh dial) once.
 		c.Close()
+		n.mu.Lock()
+		n.liveLocked(key)
+		n.mu.Unlock()
 		if c, err = n.conn(ctx, key); err != nil {
 			return nil, err
 		}
@@ -391,7 +410,7 @@ func (n *Node) finish(res Result) Result {
 		fn(h)
 	}
 	if res.Err != nil {
-		n.log.Debug("sync failed", "peer", res.Peer.Short(), "db", res.DB.Short(), "err", res.Err)
+		n.log.Info("sync failed", "peer", res.Peer.Short(), "db", res.DB.Short(), "err", res.Err)
 	} else if res.Received+res.Sent > 0 {
 		n.log.Debug("synced", "peer", res.Peer.Short(), "db", res.DB.Short(), "received", res.Received, "sent", res.Sent, "took", res.Duration)
 	}
@@ -530,6 +549,7 @@ type worker struct {
 	pending map[engine.ID][]engine.ID
 	full    map[engine.ID]bool
 	all     bool // full sync of every shared database
+	revived bool // the peer reappeared: retry at once
 
 	wake     chan struct{}
 	quit     chan struct{}
@@ -537,6 +557,14 @@ type worker struct {
 }
 
 func (w *worker) stop() { w.stopOnce.Do(func() { close(w.quit) }) }
+
+// revive ends a retry wait: the peer showed up (it connected to us).
+func (w *worker) revive() {
+	w.mu.Lock()
+	w.revived, w.all = true, true
+	w.mu.Unlock()
+	w.kick()
+}
 
 func (w *worker) kick() {
 	select {
@@ -588,6 +616,13 @@ func (w *worker) run() {
 		case <-w.quit:
 			return
 		case <-w.wake:
+			w.mu.Lock()
+			revived := w.revived
+			w.revived = false
+			w.mu.Unlock()
+			if revived {
+				retryAt = time.Time{}
+			}
 			if !retryAt.IsZero() && time.Now().Before(retryAt) {
 				continue // failing peer: wait for the retry
 			}
@@ -607,7 +642,12 @@ func (w *worker) run() {
 			continue
 		}
 		failures++
-		backoff := n.o.Retry << min(failures-1, 16)
+		// The first retry comes within a second (a connection that just closed is
+		// the usual cause); then Retry, doubling up to RetryCap.
+		backoff := min(time.Second, n.o.Retry)
+		if failures > 1 {
+			backoff = n.o.Retry << min(failures-2, 16)
+		}
 		retryAt = time.Now().Add(min(backoff, n.o.RetryCap))
 		n.state.updatePeer(w.key, func(p *PeerInfo) { p.Failures, p.Status = failures, "inactive" })
 		w.requestFull(nil) // whatever failed is covered by the full sync at retry time

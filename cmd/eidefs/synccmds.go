@@ -304,7 +304,7 @@ func newSyncCmd(g *globals) *cobra.Command {
 }
 
 func newDiscoverCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	c := &cobra.Command{
 		Use:   "discover ADDRESS",
 		Short: "Ask the node at ADDRESS who it is and which databases it shares with you",
 		Args:  cobra.ExactArgs(1),
@@ -329,4 +329,6 @@ func newDiscoverCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
+	c.Flags().BoolVar(&g.json, "json", false, "print JSON")
+	return c
 }
