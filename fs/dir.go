@@ -269,6 +269,9 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 		removed = true
 	}
 	if d.fsys.isHidden(cl) {
+		if removed {
+			return 0
+		}
 		return syscall.ENOENT
 	}
 	n, err := cl.db.Stat(cl.store, cl.path)
