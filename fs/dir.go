@@ -110,6 +110,14 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	if errno != 0 {
 		return nil, errno
 	}
+	// Files only in memory are collected before the stored listing: one whose
+	// commit lands in between is then in one list or the other, never in neither.
+	overlay := map[string]*gofs.Inode{}
+	for name, ch := range d.Children() {
+		if fn, ok := ch.Operations().(*fileNode); ok && fn.inMemory() {
+			overlay[name] = ch
+		}
+	}
 	var entries []fuse.DirEntry
 	seen := map[string]bool{}
 	err := l.db.List(l.store, l.path, func(e engine.DirEntry) bool {
@@ -136,8 +144,8 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	if err != nil {
 		return nil, toErrno(err)
 	}
-	for name, ch := range d.Children() {
-		if fn, ok := ch.Operations().(*fileNode); ok && !seen[name] && fn.inMemory() {
+	for name, ch := range overlay {
+		if !seen[name] {
 			entries = append(entries, fuse.DirEntry{Name: name, Mode: syscall.S_IFREG, Ino: ch.StableAttr().Ino})
 		}
 	}

@@ -281,6 +281,7 @@ func run(args []string) {
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	fmt.Printf("# syncbench %s\n\n", time.Now().Format(time.RFC3339))
 	fmt.Printf("- cpus: %d, kernel: %s, go: %s\n", runtime.NumCPU(), strings.TrimSpace(string(kernel)), runtime.Version())
+	fmt.Printf("- load average at start: %s\n", loadavg())
 	fmt.Printf("- nodes A (%s) and B (%s) on 127.0.0.1, database %q\n", c.a, c.b, c.db)
 	fmt.Printf("- latency: %d iterations, poll every %v (+wake-up), timeout %v; bulk: %d keys; bootstrap: %s\n\n",
 		c.n, c.poll, c.timeout, c.bulk, map[bool]string{true: "joined from a fresh node", false: "skipped"}[c.ticket != ""])
@@ -296,6 +297,7 @@ func run(args []string) {
 		runBootstrap(&c, &r)
 	}
 	runMemory(&c, &r)
+	r.note("load average at the end: %s (other work on the machine shares its CPUs with the nodes)", loadavg())
 
 	printTable(&r)
 	printResults(&r)
@@ -753,6 +755,19 @@ func runMemory(c *runConfig, r *results) {
 		r.add(metric{sec, "rss-" + name, name + " VmRSS (current)", float64(rss) / 1024, "MiB", 1, "", ""})
 		r.add(metric{sec, "hwm-" + name, name + " VmHWM (peak)", float64(hwm) / 1024, "MiB", 1, "", ""})
 	}
+}
+
+// loadavg is the 1, 5 and 15 minute load average.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // ---- output ----
