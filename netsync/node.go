@@ -678,7 +678,8 @@ func (w *worker) once() bool {
 		}
 	}
 	for db := range full {
-		if res := n.SyncDB(ctx, w.key, db); res.Err != nil {
+		// A peer that does not have the database (yet) is not failing.
+		if res := n.SyncDB(ctx, w.key, db); res.Err != nil && !errors.Is(res.Err, ErrUnknownDatabase) {
 			ok = false
 		}
 	}
@@ -703,6 +704,9 @@ func (w *worker) pushEntries(ctx context.Context, db engine.ID, ids []engine.ID)
 	}
 	defer s.Close()
 	a, err := n.p.push(s, db, raws)
+	if errors.Is(err, ErrUnknownDatabase) {
+		return true // not there yet: its clone brings these entries
+	}
 	if err != nil || a.Pending > 0 || a.Rejected > 0 {
 		return false
 	}

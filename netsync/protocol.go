@@ -359,12 +359,13 @@ func (p *proto) offers(peer engine.PublicKey) []Offer {
 	return out
 }
 
-// readable returns db if peer may read it. A database the peer may not read is
-// reported exactly like one this node does not have.
+// readable returns db if peer may read it. A database this node does not have is
+// reported as such (a peer that just shared it with us may push before our clone
+// is stored: that is no failure), one it may not read as not authorized.
 func (p *proto) readable(peer engine.PublicKey, id engine.ID) (*engine.Database, error) {
 	db, ok := p.inst.DatabaseByID(id)
 	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrNotAuthorized, id.Short())
+		return nil, fmt.Errorf("%w: %s", ErrUnknownDatabase, id.Short())
 	}
 	s, err := db.Settings()
 	if err != nil {

@@ -124,6 +124,12 @@ func TestUnauthorizedGetsNothing(t *testing.T) {
 	if !errors.Is(res.Err, ErrNotAuthorized) || res.Received != 0 {
 		t.Fatalf("stranger sync: %+v", res)
 	}
+	var unknown engine.ID
+	unknown[0] = 1
+	res = roundTrip(t, c, a, func(s Stream) Result { return c.p.sync(s, a.key(), unknown, nil, nil) })
+	if !errors.Is(res.Err, ErrUnknownDatabase) {
+		t.Fatalf("sync of a database a does not have: %v", res.Err)
+	}
 	var offers []Offer
 	roundTrip(t, c, a, func(s Stream) Result {
 		var err error
