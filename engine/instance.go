@@ -589,8 +589,21 @@ type Rejected struct {
 // events). Entries may come in any order: one whose parents are missing waits in
 // memory until they arrive. Invalid entries are rejected and never stored.
 func (in *Instance) Apply(origin string, raws ...[]byte) (ApplyResult, error) {
+	return in.ApplyVerified(origin, Verify(raws...))
+}
+
+// Verified is a batch of entries decoded and checked by Verify.
+type Verified struct{ ds []decoded }
+
+// Verify decodes and checks entries (canonical form, shape, signature) on all
+// cores, without touching the store. With ApplyVerified it lets a receiver verify
+// one batch while the previous one is being applied.
+func Verify(raws ...[]byte) Verified { return Verified{ds: decodeAll(raws)} }
+
+// ApplyVerified is Apply for entries already through Verify.
+func (in *Instance) ApplyVerified(origin string, v Verified) (ApplyResult, error) {
 	var res ApplyResult
-	ds := decodeAll(raws)
+	ds := v.ds
 	for i := 0; i < len(ds); {
 		if ds[i].err != nil {
 			res.Rejected = append(res.Rejected, Rejected{ID: hashID(ds[i].raw), Err: ds[i].err})
@@ -860,3 +873,6 @@ func (g *group) store(st *dbState, raw []byte, e *Entry, id ID, vv vclock, seq u
 }
 
 func (g *group) loadOp(store string, o order) (Op, error) { return loadOp(g.s, store, o) }
+
+// Len is the number of entries in the batch (valid or not).
+func (v Verified) Len() int { return len(v.ds) }

@@ -222,17 +222,44 @@ func (p *proto) lacking(ids []engine.ID) []engine.ID {
 	return out
 }
 
-// receive applies batches until Done.
+// receive applies batches until Done. Reading and verifying run ahead of applying,
+// so the network, the signature checks and the store work at the same time.
 func (p *proto) receive(s Stream, peer engine.PublicKey, res *Result, total int, progress func(done, total int)) error {
-	for {
-		var b batch
-		n, err := readFrame(s, &b)
-		if err != nil {
-			return err
+	type item struct {
+		v    engine.Verified
+		n    int
+		done bool
+		err  error
+	}
+	items := make(chan item, 2)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer close(items)
+		for {
+			var b batch
+			n, err := readFrame(s, &b)
+			it := item{n: n, done: b.Done, err: err}
+			if err == nil && len(b.Entries) > 0 {
+				it.v = engine.Verify(b.Entries...)
+			}
+			select {
+			case items <- it:
+			case <-stop:
+				return
+			}
+			if err != nil || b.Done {
+				return
+			}
 		}
-		res.BytesIn += n
-		if len(b.Entries) > 0 {
-			ar, err := p.inst.Apply(peer.String(), b.Entries...)
+	}()
+	for it := range items {
+		if it.err != nil {
+			return it.err
+		}
+		res.BytesIn += it.n
+		if it.v.Len() > 0 {
+			ar, err := p.inst.ApplyVerified(peer.String(), it.v)
 			if err != nil {
 				return err
 			}
@@ -247,10 +274,11 @@ func (p *proto) receive(s Stream, peer engine.PublicKey, res *Result, total int,
 				progress(res.Received, total)
 			}
 		}
-		if b.Done {
+		if it.done {
 			return nil
 		}
 	}
+	return io.ErrUnexpectedEOF
 }
 
 // send streams the entries of db beyond vv in batches, then Done.
@@ -472,5 +500,3 @@ func (p *proto) serveGet(s Stream, peer engine.PublicKey, req *request) error {
 	b.Done = true
 	return writeFrame(s, &b)
 }
-
-var _ = io.EOF
