@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -35,6 +36,7 @@ func newMountCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer n.Close()
+			limitMemory()
 			log := newLogger(n.cfg.LogLevel)
 			if len(listen) == 0 {
 				listen = n.cfg.Listen
@@ -144,4 +146,13 @@ func newLogger(level string) *slog.Logger {
 		l = slog.LevelInfo
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+// limitMemory gives a long-running node a soft memory limit (unless GOMEMLIMIT is
+// set): a 64 MiB file passes through a few transient copies on its way to disk,
+// and without a limit the heap would keep the high-water mark of such a burst.
+func limitMemory() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(384 << 20)
+	}
 }

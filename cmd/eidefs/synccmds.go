@@ -68,6 +68,7 @@ func newServeCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer n.Close()
+			limitMemory()
 			log := newLogger(n.cfg.LogLevel)
 			if len(listen) == 0 {
 				listen = n.cfg.Listen
