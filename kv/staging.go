@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"slices"
 	"strings"
+
+	"github.com/syndtr/goleveldb/leveldb"
 )
 
 // Staging is a batch that can be read before it is written: reads see the staged
@@ -22,7 +24,9 @@ type Staging struct {
 
 // NewStaging starts an empty staging area over base.
 func NewStaging(base Reader) *Staging {
-	return &Staging{base: base, puts: map[string][]byte{}, deleted: map[string]bool{}}
+	s := &Staging{base: base, puts: map[string][]byte{}, deleted: map[string]bool{}}
+	s.batch.b = *leveldb.MakeBatch(4096) // one commit's keys without regrowing
+	return s
 }
 
 // Put stages key=value. The staging keeps value (it is not copied): the caller
