@@ -165,7 +165,9 @@ func (f *FS) exists(parent *gofs.Inode, l loc, name string) (engine.Node, bool) 
 	return n, err == nil
 }
 
-func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+// makeNew commits a new map or link called name in d (stage adds its op) and
+// returns its inode; the name must be free and the database writable.
+func (d *dirNode) makeNew(ctx context.Context, name string, n engine.Node, stage func(st *engine.StoreTx, path []string), out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	if errno := checkName(name); errno != 0 {
 		return nil, errno
 	}
@@ -181,10 +183,15 @@ func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 	}
 	cl := l.child(name)
 	d.fsys.unhide(cl)
-	if errno := d.fsys.commit(l.db, engine.Journal, func(tx *engine.Tx) { tx.Store(cl.store).Clear(cl.path) }); errno != 0 {
+	if errno := d.fsys.commit(l.db, engine.Journal, func(tx *engine.Tx) { stage(tx.Store(cl.store), cl.path) }); errno != 0 {
 		return nil, errno
 	}
-	return d.fsys.newChild(ctx, d.EmbeddedInode(), cl, engine.Node{Kind: engine.OpMap, Time: time.Now().UnixMilli()}, out), 0
+	n.Time = time.Now().UnixMilli()
+	return d.fsys.newChild(ctx, d.EmbeddedInode(), cl, n, out), 0
+}
+
+func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return d.makeNew(ctx, name, engine.Node{Kind: engine.OpMap}, func(st *engine.StoreTx, p []string) { st.Clear(p) }, out)
 }
 
 func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
@@ -222,26 +229,8 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 }
 
 func (d *dirNode) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if errno := checkName(name); errno != 0 {
-		return nil, errno
-	}
-	l, errno := d.fsys.locate(d.EmbeddedInode())
-	if errno != 0 {
-		return nil, errno
-	}
-	if _, ok := d.fsys.exists(d.EmbeddedInode(), l, name); ok {
-		return nil, syscall.EEXIST
-	}
-	if errno := d.fsys.writable(l); errno != 0 {
-		return nil, errno
-	}
-	cl := l.child(name)
-	d.fsys.unhide(cl)
-	if errno := d.fsys.commit(l.db, engine.Journal, func(tx *engine.Tx) { tx.Store(cl.store).SetLink(cl.path, target) }); errno != 0 {
-		return nil, errno
-	}
-	n := engine.Node{Kind: engine.OpLink, Size: int64(len(target)), Time: time.Now().UnixMilli()}
-	return d.fsys.newChild(ctx, d.EmbeddedInode(), cl, n, out), 0
+	n := engine.Node{Kind: engine.OpLink, Size: int64(len(target))}
+	return d.makeNew(ctx, name, n, func(st *engine.StoreTx, p []string) { st.SetLink(p, target) }, out)
 }
 
 // Link: hard links have no meaning in a key-value store.

@@ -31,27 +31,13 @@ func newMountCmd(g *globals) *cobra.Command {
 			if err := checkMountPoint(dir); err != nil {
 				return err
 			}
-			n, err := openNode(g)
-			if err != nil {
-				return err
-			}
-			defer n.Close()
-			limitMemory()
-			log := newLogger(n.cfg.LogLevel)
-			if len(listen) == 0 {
-				listen = n.cfg.Listen
-			}
-			if err := n.startSync(listen, false, log); err != nil {
-				return err
-			}
-			defer n.sync.Close()
 			// The control socket is up before the mount appears, so a script that waits
 			// for the mount can use the CLI at once.
-			ctl, err := serveControl(n, log)
+			n, log, stop, err := startDaemon(g, listen)
 			if err != nil {
 				return err
 			}
-			defer ctl.Close()
+			defer stop()
 			maxValue, _ := parseSize(n.cfg.MaxValue)
 			fsys, err := fs.Mount(dir, fs.Options{
 				Instance:     n.inst,
@@ -155,4 +141,29 @@ func limitMemory() {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(384 << 20)
 	}
+}
+
+// startDaemon opens the data directory and starts what every long-running node
+// runs: sync (on listen, else the configured addresses) and the control socket.
+// stop undoes it all.
+func startDaemon(g *globals, listen []string) (n *node, log *slog.Logger, stop func(), err error) {
+	if n, err = openNode(g); err != nil {
+		return nil, nil, nil, err
+	}
+	limitMemory()
+	log = newLogger(n.cfg.LogLevel)
+	if len(listen) == 0 {
+		listen = n.cfg.Listen
+	}
+	if err := n.startSync(listen, false, log); err != nil {
+		n.Close()
+		return nil, nil, nil, err
+	}
+	ctl, err := serveControl(n, log)
+	if err != nil {
+		n.sync.Close()
+		n.Close()
+		return nil, nil, nil, err
+	}
+	return n, log, func() { ctl.Close(); n.sync.Close(); n.Close() }, nil
 }

@@ -63,25 +63,11 @@ func newServeCmd(g *globals) *cobra.Command {
 		Short: "Run this node's sync without a mount (foreground)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			n, err := openNode(g)
+			n, log, stop, err := startDaemon(g, listen)
 			if err != nil {
 				return err
 			}
-			defer n.Close()
-			limitMemory()
-			log := newLogger(n.cfg.LogLevel)
-			if len(listen) == 0 {
-				listen = n.cfg.Listen
-			}
-			if err := n.startSync(listen, false, log); err != nil {
-				return err
-			}
-			defer n.sync.Close()
-			ctl, err := serveControl(n, log)
-			if err != nil {
-				return err
-			}
-			defer ctl.Close()
+			defer stop()
 			log.Info("serving", "listen", strings.Join(n.sync.Addrs(), ","), "key", n.inst.Identity().Public().String())
 			sigs := make(chan os.Signal, 1)
 			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
