@@ -372,7 +372,7 @@ func (n *Node) repair(ctx context.Context, key engine.PublicKey, db engine.ID, r
 		if err != nil {
 			return err
 		}
-		resp, err := n.p.call(s, &request{Op: "get", DB: db, IDs: missing})
+		_, err = n.p.call(s, &request{Op: "get", DB: db, IDs: missing})
 		if err == nil {
 			err = n.p.receive(s, key, res, len(missing), nil)
 		}
@@ -380,7 +380,6 @@ func (n *Node) repair(ctx context.Context, key engine.PublicKey, db engine.ID, r
 		if err != nil {
 			return err
 		}
-		_ = resp
 	}
 	return fmt.Errorf("entries still missing after repair")
 }
