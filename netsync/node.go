@@ -372,6 +372,7 @@ func (n *Node) repair(ctx context.Context, key engine.PublicKey, db engine.ID, r
 		if err != nil {
 			return err
 		}
+		before := res.Received
 		_, err = n.p.call(s, &request{Op: "get", DB: db, IDs: missing})
 		if err == nil {
 			err = n.p.receive(s, key, res, len(missing), nil)
@@ -379,6 +380,9 @@ func (n *Node) repair(ctx context.Context, key engine.PublicKey, db engine.ID, r
 		s.Close()
 		if err != nil {
 			return err
+		}
+		if res.Received == before {
+			return nil // what is still missing is not this peer's to give (another database)
 		}
 	}
 	return fmt.Errorf("entries still missing after repair")
