@@ -666,6 +666,9 @@ func (g *group) applyOne(d decoded, origin string, res *ApplyResult) {
 	}
 	missing := map[ID]bool{}
 	for _, p := range d.e.Parents {
+		if _, ok := g.metas[p]; ok {
+			continue // stored in this group, or already read
+		}
 		if ok, _ := g.s.Has(key(pMeta, p[:])); !ok {
 			missing[p] = true
 		}

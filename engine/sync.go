@@ -30,6 +30,10 @@ func (d *Database) Count() uint64 { return d.state().rec.Count }
 // EntriesAfter calls fn with every entry a replica holding vv lacks, parents first,
 // until fn returns false. Its cost follows what is new, not the database's size.
 func (d *Database) EntriesAfter(vv VersionVector, fn func(id ID, raw []byte) bool) error {
+	if len(vv) == 0 {
+		// Everything (a clone): the log index is already in height order.
+		return d.Entries(0, fn)
+	}
 	type item struct {
 		h  uint64
 		id ID

@@ -12,6 +12,7 @@ import (
 
 	"github.com/syndtr/goleveldb/leveldb"
 	lerrors "github.com/syndtr/goleveldb/leveldb/errors"
+	"github.com/syndtr/goleveldb/leveldb/filter"
 	"github.com/syndtr/goleveldb/leveldb/iterator"
 	"github.com/syndtr/goleveldb/leveldb/opt"
 	"github.com/syndtr/goleveldb/leveldb/storage"
@@ -75,10 +76,13 @@ func options() *opt.Options {
 	return &opt.Options{
 		// Values can be MiBs; a bigger memtable keeps them from forcing a flush
 		// on almost every write.
-		WriteBuffer:        16 * opt.MiB,
+		WriteBuffer:        64 * opt.MiB,
 		BlockCacheCapacity: 32 * opt.MiB,
 		// Stored entries are compressed by nobody else; snappy is cheap.
 		Compression: opt.SnappyCompression,
+		// Applying an entry first asks whether it (and each parent) is stored; a
+		// bloom filter answers "no" without reading every level.
+		Filter: filter.NewBloomFilter(10),
 	}
 }
 

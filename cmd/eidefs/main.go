@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/pprof"
 
 	"github.com/spf13/cobra"
 )
@@ -13,11 +14,23 @@ func main() {
 	if code, ok := forward(os.Args[1:]); ok {
 		os.Exit(code)
 	}
-	root := newRootCmd()
-	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "eidefs:", userMessage(err))
-		os.Exit(exitCode(err))
+	os.Exit(runCLI())
+}
+
+func runCLI() int {
+	if path := os.Getenv("EIDEFS_CPUPROFILE"); path != "" {
+		// Profiling: the CPU profile of the whole command (a mount: until it
+		// unmounts) is written when it ends.
+		if f, err := os.Create(path); err == nil {
+			pprof.StartCPUProfile(f)
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
 	}
+	if err := newRootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "eidefs:", userMessage(err))
+		return exitCode(err)
+	}
+	return 0
 }
 
 // globals are the persistent flags.

@@ -9,7 +9,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
-	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -31,13 +30,6 @@ func newMountCmd(g *globals) *cobra.Command {
 			}
 			if err := checkMountPoint(dir); err != nil {
 				return err
-			}
-			if path := os.Getenv("EIDEFS_CPUPROFILE"); path != "" {
-				// For profiling a running mount: the profile is written at unmount.
-				if f, err := os.Create(path); err == nil {
-					pprof.StartCPUProfile(f)
-					defer func() { pprof.StopCPUProfile(); f.Close() }()
-				}
 			}
 			// The control socket is up before the mount appears, so a script that waits
 			// for the mount can use the CLI at once.
