@@ -35,7 +35,21 @@ type Options struct {
 	// Passive nodes only answer and do what they are asked (a one-off CLI command):
 	// no pushes, periodic syncs or health checks.
 	Passive bool
+	// Clock schedules retries, periodic syncs and health checks; nil is the real
+	// one. Tests drive the scheduler with a fake.
+	Clock Clock
 }
+
+// Clock is the time source of the background scheduler.
+type Clock interface {
+	Now() time.Time
+	After(d time.Duration) <-chan time.Time
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                         { return time.Now() }
+func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // Node is the sync engine of one eidefs node.
 type Node struct {
@@ -74,6 +88,9 @@ func Start(o Options) (*Node, error) {
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
+	}
+	if o.Clock == nil {
+		o.Clock = realClock{}
 	}
 	st, err := openState(o.KV)
 	if err != nil {
@@ -600,19 +617,19 @@ func (w *worker) run() {
 	defer n.wg.Done()
 	failures := 0
 	var retryAt time.Time
-	nextPeriodic := time.Now().Add(n.o.Periodic)
-	nextHealth := time.Now().Add(n.o.Health)
-	timer := time.NewTimer(0)
-	defer timer.Stop()
+	clock := n.o.Clock
+	nextPeriodic := clock.Now().Add(n.o.Periodic)
+	nextHealth := clock.Now().Add(n.o.Health)
 	for {
-		wait := time.Until(nextPeriodic)
-		if d := time.Until(nextHealth); d < wait {
+		now := clock.Now()
+		wait := nextPeriodic.Sub(now)
+		if d := nextHealth.Sub(now); d < wait {
 			wait = d
 		}
 		if !retryAt.IsZero() {
-			wait = time.Until(retryAt)
+			wait = retryAt.Sub(now)
 		}
-		timer.Reset(max(wait, 0))
+		timer := clock.After(max(wait, 0))
 		select {
 		case <-n.ctx.Done():
 			return
@@ -626,12 +643,12 @@ func (w *worker) run() {
 			if revived {
 				retryAt = time.Time{}
 			}
-			if !retryAt.IsZero() && time.Now().Before(retryAt) {
+			if !retryAt.IsZero() && clock.Now().Before(retryAt) {
 				continue // failing peer: wait for the retry
 			}
-		case <-timer.C:
+		case <-timer:
 		}
-		now := time.Now()
+		now = clock.Now()
 		if !now.Before(nextPeriodic) || (!retryAt.IsZero() && !now.Before(retryAt)) {
 			w.requestFull(nil)
 			nextPeriodic = now.Add(n.o.Periodic)
@@ -651,7 +668,7 @@ func (w *worker) run() {
 		if failures > 1 {
 			backoff = n.o.Retry << min(failures-2, 16)
 		}
-		retryAt = time.Now().Add(min(backoff, n.o.RetryCap))
+		retryAt = clock.Now().Add(min(backoff, n.o.RetryCap))
 		n.state.updatePeer(w.key, func(p *PeerInfo) { p.Failures, p.Status = failures, "inactive" })
 		w.requestFull(nil) // whatever failed is covered by the full sync at retry time
 	}
