@@ -145,8 +145,17 @@ func TestRetryBackoff(t *testing.T) {
 		clock.Advance(time.Millisecond)
 		expectAttempt(step.what)
 	}
-	if p, _ := n.State().Peer(ghost); p.Failures != 6 || p.Status != "inactive" || p.LastError == "" {
-		t.Fatalf("peer state after 6 failures: %+v", p)
+	// The worker counts the failure just after the attempt is recorded.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		p, _ := n.State().Peer(ghost)
+		if p.Failures == 6 && p.Status == "inactive" && p.LastError != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("peer state after 6 failures: %+v", p)
+		}
+		time.Sleep(time.Millisecond)
 	}
 	t.Logf("6 failed attempts over %v of fake time", clock.Now().Sub(start))
 
