@@ -14,6 +14,7 @@ import (
 
 	"github.com/eidefs/eidefs/engine"
 	"github.com/eidefs/eidefs/netsync"
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 )
 
@@ -136,14 +137,18 @@ func newJoinCmd(g *globals) *cobra.Command {
 			return withSync(g, false, func(n *node) error {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 				defer cancel()
-				last := time.Time{}
-				progress := func(done, total int) {
-					if isTerminal(os.Stderr) && g.node == nil && (time.Since(last) > 100*time.Millisecond || done == total) {
-						last = time.Now()
-						fmt.Fprintf(os.Stderr, "\rcloning %s: %d/%d entries", t.Name, done, total)
-						if done == total {
-							fmt.Fprintln(os.Stderr)
+				// A progress bar when a person watches (a join run by a running mount
+				// through the control socket has no terminal).
+				var progress func(done, total int)
+				if g.node == nil && isTerminal(os.Stderr) {
+					var bar *progressbar.ProgressBar
+					progress = func(done, total int) {
+						if bar == nil {
+							bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(os.Stderr),
+								progressbar.OptionSetDescription("cloning "+t.Name), progressbar.OptionShowCount(),
+								progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionClearOnFinish())
 						}
+						bar.Set(done)
 					}
 				}
 				d, err := n.sync.Join(ctx, t, progress)
