@@ -37,6 +37,17 @@ type Options struct {
 	StatfsDir string
 	// Debug logs every FUSE request.
 	Debug bool
+	// Sync, if set, provides the sync views of <mnt>/.sync/.
+	Sync SyncViews
+}
+
+// SyncViews is what the filesystem shows of sync, provided by whoever runs sync
+// (fs does not depend on netsync). Each method returns a whole file's content.
+type SyncViews interface {
+	// Status is key: value lines about this node and its peers.
+	Status() []byte
+	// Peers is one line per peer.
+	Peers() []byte
 }
 
 // FS is a mounted filesystem.

@@ -254,9 +254,14 @@ func (f *FS) dbSyncFiles(db *engine.Database) map[string]func() []byte {
 }
 
 func (f *FS) globalSyncFiles() map[string]func() []byte {
-	return map[string]func() []byte{
+	files := map[string]func() []byte{
 		"id": func() []byte { return []byte(f.inst.Identity().Public().String() + "\n") },
 	}
+	if f.opts.Sync != nil {
+		files["status"] = f.opts.Sync.Status
+		files["peers"] = f.opts.Sync.Peers
+	}
+	return files
 }
 
 func (r *rootNode) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) syscall.Errno {

@@ -208,7 +208,7 @@ func (n *Node) learned(key engine.PublicKey, name string, addrs []string) {
 				p.Addrs = append(p.Addrs, a)
 			}
 		}
-		p.LastSeen = time.Now()
+		p.LastSeen, p.Status = time.Now(), "active" // it just talked to us
 	})
 }
 

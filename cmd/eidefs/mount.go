@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/eidefs/eidefs/fs"
 	"github.com/spf13/cobra"
@@ -47,6 +48,7 @@ func newMountCmd(g *globals) *cobra.Command {
 				AttrTimeout:  n.cfg.Cache.Attr.Duration,
 				StatfsDir:    n.dir,
 				Debug:        debug,
+				Sync:         syncViews{n: n, started: time.Now()},
 			})
 			if err != nil {
 				return fmt.Errorf("mounting %s: %w", dir, err)
