@@ -3,6 +3,7 @@ package fs
 import (
 	"bytes"
 	"context"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -438,18 +439,62 @@ func (n *linkNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 	return n.Getattr(ctx, f, out)
 }
 
-// Extended attributes are not stored (yet): reads find none, writes are not
-// supported, which tools such as sed -i and cp -a treat as "no ACLs here".
+// Extended attributes: every stored key shows, read-only, who last wrote it
+// (user.eidefs.entry, .author, .height, .time; `getfattr -d` lists them). Other
+// attributes are not stored: reads find none, writes are not supported, which tools
+// such as sed -i and cp -a treat as "no ACLs here".
 func (n *fileNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	return 0, syscall.ENODATA
+	v, ok := n.fsys.keyXattrs(n.EmbeddedInode())[attr]
+	if !ok {
+		return 0, syscall.ENODATA
+	}
+	if len(dest) < len(v) {
+		return uint32(len(v)), syscall.ERANGE
+	}
+	return uint32(copy(dest, v)), 0
 }
+
 func (n *fileNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
 	return syscall.ENOTSUP
 }
+
 func (n *fileNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	return syscall.ENOTSUP
 }
-func (n *fileNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) { return 0, 0 }
+
+func (n *fileNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	var list []byte
+	for _, name := range xattrNames {
+		if _, ok := n.fsys.keyXattrs(n.EmbeddedInode())[name]; ok {
+			list = append(append(list, name...), 0)
+		}
+	}
+	if len(dest) < len(list) {
+		return uint32(len(list)), syscall.ERANGE
+	}
+	return uint32(copy(dest, list)), 0
+}
+
+var xattrNames = []string{"user.eidefs.entry", "user.eidefs.author", "user.eidefs.height", "user.eidefs.time"}
+
+// keyXattrs are the user.eidefs.* attributes of a stored key (none for files only
+// in memory).
+func (f *FS) keyXattrs(in *gofs.Inode) map[string]string {
+	l, errno := f.locate(in)
+	if errno != 0 {
+		return nil
+	}
+	n, err := l.db.Stat(l.store, l.path)
+	if err != nil {
+		return nil
+	}
+	return map[string]string{
+		"user.eidefs.entry":  n.Entry.String(),
+		"user.eidefs.author": n.Author.String(),
+		"user.eidefs.height": strconv.FormatUint(n.Height, 10),
+		"user.eidefs.time":   time.UnixMilli(n.Time).UTC().Format(time.RFC3339Nano),
+	}
+}
 
 // storedEqual reports whether the key at l holds exactly data (so a commit would
 // change nothing). Sizes are compared first, from the path record alone.

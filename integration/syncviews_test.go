@@ -52,3 +52,26 @@ func TestSyncStatusFiles(t *testing.T) {
 	expectErrno(t, "write to .sync/status", os.WriteFile(a.Path(".sync", "status"), []byte("x"), 0o644), syscall.EROFS)
 	expectErrno(t, "create in .sync", os.WriteFile(a.Path(".sync", "new"), []byte("x"), 0o644), syscall.EROFS)
 }
+
+// TestKeyXattrs: getfattr shows who last wrote a key, matching .sync/log.
+func TestKeyXattrs(t *testing.T) {
+	requireTools(t, "getfattr")
+	m := mount(t, mountOpts{})
+	m.mustSh(t, `mkdir -p "$MNT/notes/todo" && echo hi > "$MNT/notes/todo/milk"`)
+	out := m.mustSh(t, `getfattr --absolute-names -d "$MNT/notes/todo/milk"`)
+	newest := strings.Fields(strings.Split(readFile(t, m.Path("notes", ".sync", "log")), "\n")[0])
+	for _, want := range []string{
+		`user.eidefs.entry="` + newest[0] + `"`,
+		`user.eidefs.height="` + newest[1] + `"`,
+		`user.eidefs.author="` + newest[3] + `"`,
+		`user.eidefs.time="`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("getfattr -d: missing %s in\n%s", want, out)
+		}
+	}
+	_, errOut, code := m.sh(t, `setfattr -n user.x -v 1 "$MNT/notes/todo/milk"`)
+	if code == 0 || !strings.Contains(errOut, "Operation not supported") {
+		t.Errorf("setfattr: exit %d %q, want Operation not supported", code, errOut)
+	}
+}
