@@ -32,6 +32,12 @@ func (f *FS) genDirInode(ctx context.Context, parent *gofs.Inode, kind byte, id 
 }
 
 func (g *genDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if g.kind == 'G' && name == "events" {
+		out.SetEntryTimeout(0)
+		out.SetAttrTimeout(0)
+		g.fsys.setAttr(&out.Attr, syscall.S_IFREG|0o444, 0, time.Now().UnixMilli())
+		return g.NewInode(ctx, &eventsFile{fsys: g.fsys}, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: ino(g.kind, g.id, name, nil)}), 0
+	}
 	gen, ok := g.files[name]
 	if !ok {
 		return nil, syscall.ENOENT
@@ -46,6 +52,9 @@ func (g *genDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	var names []string
 	for n := range g.files {
 		names = append(names, n)
+	}
+	if g.kind == 'G' {
+		names = append(names, "events")
 	}
 	sort.Strings(names)
 	var entries []fuse.DirEntry

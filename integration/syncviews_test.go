@@ -1,8 +1,11 @@
 package integration
 
 import (
+	"bufio"
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -73,5 +76,78 @@ func TestKeyXattrs(t *testing.T) {
 	_, errOut, code := m.sh(t, `setfattr -n user.x -v 1 "$MNT/notes/todo/milk"`)
 	if code == 0 || !strings.Contains(errOut, "Operation not supported") {
 		t.Errorf("setfattr: exit %d %q, want Operation not supported", code, errOut)
+	}
+}
+
+// TestEventsStream: `cat .sync/events` blocks and streams one JSON line per change,
+// local and remote (with the peer as origin); several readers at once.
+func TestEventsStream(t *testing.T) {
+	a := newSyncNode(t, "a", syncOpts{})
+	b := newSyncNode(t, "b", syncOpts{})
+	a.Mount.mustSh(t, `mkdir "$MNT/notes" "$MNT/notes/todo"`)
+	join(t, b, share(t, a, "notes", "--write"))
+	bKey := ""
+	for _, l := range strings.Split(mustCLI(t, b.Data, "status"), "\n") {
+		if k, ok := strings.CutPrefix(l, "key: "); ok {
+			bKey = k
+		}
+	}
+
+	type reader struct {
+		cmd   *exec.Cmd
+		lines chan string
+	}
+	start := func() reader {
+		cmd := exec.Command("cat", a.Path(".sync", "events"))
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		r := reader{cmd: cmd, lines: make(chan string, 100)}
+		go func() {
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				r.lines <- sc.Text()
+			}
+			close(r.lines)
+		}()
+		return r
+	}
+	r1, r2 := start(), start()
+	time.Sleep(100 * time.Millisecond) // both subscribed before the writes
+
+	expect := func(r reader, key, origin string) {
+		t.Helper()
+		deadline := time.After(3 * time.Second)
+		for {
+			select {
+			case l, ok := <-r.lines:
+				if !ok {
+					t.Fatalf("events ended before %s", key)
+				}
+				var ev map[string]string
+				if err := json.Unmarshal([]byte(l), &ev); err != nil {
+					t.Fatalf("not a JSON line: %q", l)
+				}
+				if ev["key"] == key {
+					if ev["db"] != "notes" || ev["store"] != "todo" || ev["origin"] != origin || len(ev["entry"]) != 64 {
+						t.Fatalf("event for %s: %v, want origin %s", key, ev, origin)
+					}
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no event for %s within 3 s", key)
+			}
+		}
+	}
+	writeFile(t, a.Path("notes", "todo", "local"), "1\n")
+	writeFile(t, b.Path("notes", "todo", "remote"), "2\n")
+	for _, r := range []reader{r1, r2} {
+		expect(r, "local", "local")
+		expect(r, "remote", bKey)
 	}
 }
