@@ -48,6 +48,8 @@ type SyncViews interface {
 	Status() []byte
 	// Peers is one line per peer.
 	Peers() []byte
+	// History is one line per sync, oldest first; it only grows (tail -f).
+	History() []byte
 }
 
 // FS is a mounted filesystem.

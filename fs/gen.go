@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"sort"
+	"sync"
 	"syscall"
 	"time"
 
@@ -106,15 +107,15 @@ var (
 	_ = (gofs.NodeReader)((*genFile)(nil))
 )
 
-type genHandle struct{ data []byte }
+type genHandle struct {
+	mu   sync.Mutex // guards data
+	data []byte
+}
 
+// Getattr reports the true size now, also to an open descriptor: `tail -f` watches
+// the size of the file it holds open.
 func (g *genFile) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	size := 0
-	if h, ok := f.(*genHandle); ok {
-		size = len(h.data)
-	} else {
-		size = len(g.gen())
-	}
+	size := len(g.gen())
 	g.fsys.setAttr(&out.Attr, syscall.S_IFREG|0o444, int64(size), time.Now().UnixMilli())
 	out.SetTimeout(0)
 	return 0
@@ -131,8 +132,17 @@ func (g *genFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 	return &genHandle{data: g.gen()}, fuse.FOPEN_DIRECT_IO, 0
 }
 
+// Read serves the snapshot taken at open; a read at or past its end takes a new
+// one, so a reader that keeps the file open (tail -f on history) sees what was
+// added since.
 func (g *genFile) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	data := f.(*genHandle).data
+	h := f.(*genHandle)
+	h.mu.Lock()
+	if off >= int64(len(h.data)) {
+		h.data = g.gen()
+	}
+	data := h.data
+	h.mu.Unlock()
 	if off >= int64(len(data)) {
 		return fuse.ReadResultData(nil), 0
 	}

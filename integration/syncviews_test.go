@@ -151,3 +151,43 @@ func TestEventsStream(t *testing.T) {
 		expect(r, "remote", bKey)
 	}
 }
+
+// TestHistoryTailF: `tail -f .sync/history` prints a new line when a sync happens.
+func TestHistoryTailF(t *testing.T) {
+	requireTools(t, "tail")
+	a := newSyncNode(t, "a", syncOpts{})
+	b := newSyncNode(t, "b", syncOpts{})
+	a.Mount.mustSh(t, `mkdir "$MNT/notes" "$MNT/notes/todo"`)
+	join(t, b, share(t, a, "notes", "--write"))
+	before := strings.Count(readFile(t, a.Path(".sync", "history")), "\n")
+
+	cmd := exec.Command("tail", "-n", "0", "-f", a.Path(".sync", "history"))
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	lines := make(chan string, 10)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	mustCLI(t, a.Data, "sync")
+	select {
+	case l := <-lines:
+		if !strings.Contains(l, " b notes ok ") {
+			t.Errorf("tail -f history printed %q, want a line for b notes ok", l)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("tail -f .sync/history printed nothing after eidefs sync")
+	}
+	if after := strings.Count(readFile(t, a.Path(".sync", "history")), "\n"); after <= before {
+		t.Errorf("history lines %d → %d", before, after)
+	}
+}

@@ -2,8 +2,12 @@ package main
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 	"time"
+
+	"github.com/eidefs/eidefs/engine"
+	"github.com/eidefs/eidefs/netsync"
 )
 
 // syncViews implements fs.SyncViews from the running node.
@@ -61,6 +65,40 @@ func (v syncViews) Peers() []byte {
 			addrs = "-"
 		}
 		fmt.Fprintf(&b, "%s %s %s %s %s\n", p.Name, p.Key, p.Status, last, addrs)
+	}
+	return []byte(b.String())
+}
+
+// History: one line per sync with any peer, oldest first (at most the last 1,000
+// per peer): time, sync id, peer, database, ok or failed, entries, bytes, duration,
+// error.
+func (v syncViews) History() []byte {
+	st := v.n.sync.State()
+	var recs []netsync.HistoryRecord
+	for _, p := range st.Peers() {
+		recs = append(recs, st.History(p.Key)...)
+	}
+	sort.Slice(recs, func(i, j int) bool { return recs[i].Seq < recs[j].Seq })
+	names := map[engine.PublicKey]string{}
+	for _, p := range st.Peers() {
+		names[p.Key] = p.Name
+	}
+	var b strings.Builder
+	for _, h := range recs {
+		db := h.DB.Short()
+		if d, ok := v.n.inst.DatabaseByID(h.DB); ok {
+			db = d.Name()
+		}
+		result := "ok"
+		if !h.OK {
+			result = "failed"
+		}
+		fmt.Fprintf(&b, "%s %d %s %s %s entries=%d bytes=%d duration_ms=%.1f", h.Started.UTC().Format(time.RFC3339Nano), h.Seq,
+			names[h.Peer], db, result, h.Entries, h.Bytes, float64(h.Duration.Microseconds())/1000)
+		if h.Err != "" {
+			fmt.Fprintf(&b, " error=%q", h.Err)
+		}
+		b.WriteByte('\n')
 	}
 	return []byte(b.String())
 }
