@@ -50,6 +50,8 @@ type SyncViews interface {
 	Peers() []byte
 	// History is one line per sync, oldest first; it only grows (tail -f).
 	History() []byte
+	// Control runs one command written to .sync/ctl and describes the outcome.
+	Control(cmd string) (string, error)
 }
 
 // FS is a mounted filesystem.
@@ -58,6 +60,7 @@ type FS struct {
 	opts     Options
 	uid, gid uint32
 	root     *rootNode
+	ctl      *ctlFile // one node, so every open sees the last command's outcome
 	server   *fuse.Server
 	sub      *engine.Subscription
 	done     chan struct{}
@@ -87,6 +90,7 @@ func Mount(dir string, o Options) (*FS, error) {
 	f := &FS{inst: o.Instance, opts: o, uid: uint32(syscall.Getuid()), gid: uint32(syscall.Getgid()),
 		hidden: map[string]*time.Timer{}, hiddenLocs: map[string]loc{}, gens: map[genKey]uint32{}, open: map[*fileNode]bool{}, done: make(chan struct{})}
 	f.root = &rootNode{fsys: f}
+	f.ctl = &ctlFile{fsys: f}
 	entry, attr := o.EntryTimeout, o.AttrTimeout
 	var neg time.Duration // no negative caching: a peer may create any name
 	server, err := gofs.Mount(dir, f.root, &gofs.Options{

@@ -33,6 +33,12 @@ func (f *FS) genDirInode(ctx context.Context, parent *gofs.Inode, kind byte, id 
 }
 
 func (g *genDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if g.kind == 'G' && name == "ctl" {
+		out.SetEntryTimeout(0)
+		out.SetAttrTimeout(0)
+		g.fsys.setAttr(&out.Attr, syscall.S_IFREG|0o644, 0, time.Now().UnixMilli())
+		return g.NewPersistentInode(ctx, g.fsys.ctl, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: ino(g.kind, g.id, name, nil)}), 0
+	}
 	if g.kind == 'G' && name == "events" {
 		out.SetEntryTimeout(0)
 		out.SetAttrTimeout(0)
@@ -55,7 +61,7 @@ func (g *genDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		names = append(names, n)
 	}
 	if g.kind == 'G' {
-		names = append(names, "events")
+		names = append(names, "events", "ctl")
 	}
 	sort.Strings(names)
 	var entries []fuse.DirEntry

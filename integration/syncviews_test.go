@@ -178,7 +178,7 @@ func TestHistoryTailF(t *testing.T) {
 		}
 	}()
 	time.Sleep(200 * time.Millisecond)
-	mustCLI(t, a.Data, "sync")
+	a.Mount.mustSh(t, `echo sync > "$MNT/.sync/ctl"`)
 	select {
 	case l := <-lines:
 		if !strings.Contains(l, " b notes ok ") {
@@ -190,4 +190,26 @@ func TestHistoryTailF(t *testing.T) {
 	if after := strings.Count(readFile(t, a.Path(".sync", "history")), "\n"); after <= before {
 		t.Errorf("history lines %d → %d", before, after)
 	}
+}
+
+// TestCtl: commands written to .sync/ctl run before the write returns; a bad one
+// fails the write with EINVAL and the reason is readable from ctl.
+func TestCtl(t *testing.T) {
+	a := newSyncNode(t, "a", syncOpts{})
+	b := newSyncNode(t, "b", syncOpts{})
+	a.Mount.mustSh(t, `mkdir "$MNT/notes"`)
+	join(t, b, share(t, a, "notes", "--write"))
+	out := a.Mount.mustSh(t, `echo "sync b" > "$MNT/.sync/ctl" && cat "$MNT/.sync/ctl"`)
+	if !strings.HasPrefix(out, "sync b: ok\n") || !strings.Contains(out, "b notes: ok") {
+		t.Errorf("after echo sync b > ctl, ctl reads %q", out)
+	}
+	expectErrno(t, "bad ctl command", os.WriteFile(a.Path(".sync", "ctl"), []byte("frobnicate\n"), 0o644), syscall.EINVAL)
+	if got := readFile(t, a.Path(".sync", "ctl")); !strings.Contains(got, `frobnicate: error: unknown command`) {
+		t.Errorf("ctl after a bad command: %q", got)
+	}
+	expectErrno(t, "sync with an unknown peer", os.WriteFile(a.Path(".sync", "ctl"), []byte("sync nobody\n"), 0o644), syscall.EINVAL)
+	if got := readFile(t, a.Path(".sync", "ctl")); !strings.Contains(got, "peer not found") {
+		t.Errorf("ctl after sync nobody: %q", got)
+	}
+	expectErrno(t, "rm ctl", os.Remove(a.Path(".sync", "ctl")), syscall.EROFS)
 }

@@ -154,6 +154,7 @@ func startDaemon(g *globals, listen []string) (n *node, log *slog.Logger, stop f
 	}
 	limitMemory()
 	log = newLogger(n.cfg.LogLevel)
+	slog.SetDefault(log)
 	if len(listen) == 0 {
 		listen = n.cfg.Listen
 	}

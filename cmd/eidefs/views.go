@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"sort"
 	"strings"
@@ -101,4 +102,67 @@ func (v syncViews) History() []byte {
 		b.WriteByte('\n')
 	}
 	return []byte(b.String())
+}
+
+// Control runs a command written to .sync/ctl.
+func (v syncViews) Control(cmd string) (string, error) {
+	n := v.n
+	f := strings.Fields(cmd)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	report := func(results []netsync.Result) (string, error) {
+		var b strings.Builder
+		failed := 0
+		for _, r := range results {
+			name := r.Peer.Short()
+			if p, ok := n.sync.State().Peer(r.Peer); ok {
+				name = p.Name
+			}
+			db := r.DB.Short()
+			if d, ok := n.inst.DatabaseByID(r.DB); ok {
+				db = d.Name()
+			}
+			if r.Err != nil {
+				failed++
+				fmt.Fprintf(&b, "%s %s: failed: %v\n", name, db, r.Err)
+			} else {
+				fmt.Fprintf(&b, "%s %s: ok, received %d, sent %d\n", name, db, r.Received, r.Sent)
+			}
+		}
+		if failed > 0 {
+			return b.String(), fmt.Errorf("%d of %d syncs failed:\n%s", failed, len(results), b.String())
+		}
+		return b.String(), nil
+	}
+	switch {
+	case len(f) == 1 && f[0] == "sync":
+		return report(n.sync.SyncAll(ctx))
+	case len(f) == 2 && f[0] == "sync":
+		p, err := n.sync.FindPeer(f[1])
+		if err != nil {
+			return "", err
+		}
+		return report(n.sync.SyncPeer(ctx, p.Key))
+	case len(f) == 2 && f[0] == "connect":
+		key, name, offers, err := n.sync.Discover(ctx, f[1])
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("key: %s\nname: %s\nshared databases: %d\n", key, name, len(offers)), nil
+	case (len(f) == 3 || len(f) == 4) && f[0] == "peer" && f[1] == "add":
+		ks, addr, ok := strings.Cut(f[2], "@")
+		if !ok {
+			return "", fmt.Errorf("want peer add KEY@ADDRESS [NAME]")
+		}
+		k, err := engine.ParsePublicKey(ks)
+		if err != nil {
+			return "", err
+		}
+		name := ""
+		if len(f) == 4 {
+			name = f[3]
+		}
+		return "", n.sync.AddPeer(k, name, []string{addr})
+	}
+	return "", fmt.Errorf("unknown command %q (want: sync, sync PEER, connect ADDRESS, peer add KEY@ADDRESS [NAME])", cmd)
 }
