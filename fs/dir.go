@@ -191,7 +191,10 @@ func (d *dirNode) makeNew(ctx context.Context, name string, n engine.Node, stage
 }
 
 func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return d.makeNew(ctx, name, engine.Node{Kind: engine.OpMap}, func(st *engine.StoreTx, p []string) { st.Clear(p) }, out)
+	// Only a map op: a directory a peer made concurrently under the same name keeps
+	// its files (the two merge). What an earlier rm -r removed stays removed: its
+	// delete is older than this map and hides what was below.
+	return d.makeNew(ctx, name, engine.Node{Kind: engine.OpMap}, func(st *engine.StoreTx, p []string) { st.SetMap(p) }, out)
 }
 
 func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
@@ -576,7 +579,11 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 	errno = f.commit(src.db, engine.Journal, func(tx *engine.Tx) {
 		tx.Store(src.store).Delete(src.path)
 		ds := tx.Store(dst.store)
-		ds.Clear(dst.path)
+		if dstExists {
+			ds.Clear(dst.path) // replaces the (empty) directory there
+		} else {
+			ds.SetMap(dst.path)
+		}
 		copyErr = f.walk(src, func(rel []string, n engine.Node) {
 			p := append(slices.Clone(dst.path), rel...)
 			switch n.Kind {

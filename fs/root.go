@@ -165,7 +165,7 @@ func (d *dbNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.
 	if errno := d.fsys.writable(l); errno != 0 {
 		return nil, errno
 	}
-	if errno := d.fsys.commit(db, engine.Journal, func(tx *engine.Tx) { tx.Store(name).Clear(nil) }); errno != 0 {
+	if errno := d.fsys.commit(db, engine.Journal, func(tx *engine.Tx) { tx.Store(name).SetMap(nil) }); errno != 0 {
 		return nil, errno
 	}
 	return d.fsys.newChild(ctx, d.EmbeddedInode(), l, engine.Node{Kind: engine.OpMap, Time: time.Now().UnixMilli()}, out), 0
