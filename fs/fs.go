@@ -50,6 +50,8 @@ type SyncViews interface {
 	Peers() []byte
 	// History is one line per sync, oldest first; it only grows (tail -f).
 	History() []byte
+	// DBPeers is one line per peer syncing the database, with its cursor.
+	DBPeers(db engine.ID) []byte
 	// Control runs one command written to .sync/ctl and describes the outcome.
 	Control(cmd string) (string, error)
 }

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"syscall"
@@ -228,7 +229,7 @@ func (d *dbNode) Symlink(ctx context.Context, target, name string, out *fuse.Ent
 
 // dbSyncFiles are the generated files of <db>/.sync.
 func (f *FS) dbSyncFiles(db *engine.Database) map[string]func() []byte {
-	return map[string]func() []byte{
+	files := map[string]func() []byte{
 		"id": func() []byte { return []byte(db.ID().String() + "\n") },
 		"tips": func() []byte {
 			var b strings.Builder
@@ -250,7 +251,29 @@ func (f *FS) dbSyncFiles(db *engine.Database) map[string]func() []byte {
 			}
 			return []byte(b.String())
 		},
+		"log.json": func() []byte {
+			type js struct {
+				ID      engine.ID        `json:"id"`
+				Height  uint64           `json:"height"`
+				Time    string           `json:"time"`
+				Author  engine.PublicKey `json:"author"`
+				Stores  []string         `json:"stores"`
+				Parents []engine.ID      `json:"parents"`
+				Ops     int              `json:"ops"`
+			}
+			out := []js{}
+			db.Log(func(e engine.LogEntry) bool {
+				out = append(out, js{e.ID, e.Height, time.UnixMilli(e.Time).UTC().Format(time.RFC3339Nano), e.Author, e.Stores, e.Parents, e.Ops})
+				return true
+			})
+			b, _ := json.MarshalIndent(out, "", "  ")
+			return append(b, '\n')
+		},
 	}
+	if f.opts.Sync != nil {
+		files["peers"] = func() []byte { return f.opts.Sync.DBPeers(db.ID()) }
+	}
+	return files
 }
 
 func (f *FS) globalSyncFiles() map[string]func() []byte {

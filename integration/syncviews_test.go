@@ -52,6 +52,24 @@ func TestSyncStatusFiles(t *testing.T) {
 	if err != nil || fi.Size() != int64(len(readFile(t, a.Path(".sync", "status")))) {
 		t.Errorf("stat size %v vs read size: %v", fi.Size(), err)
 	}
+	// Per database: who syncs it, with the cursor (the last synced tip = A's tip).
+	mustCLI(t, a.Data, "sync")
+	tip := strings.TrimSpace(readFile(t, a.Path("notes", ".sync", "tips")))
+	dbPeers := strings.Fields(readFile(t, a.Path("notes", ".sync", "peers")))
+	if len(dbPeers) < 5 || dbPeers[0] != "b" || dbPeers[1] != keyOf(b) || dbPeers[3] != tip {
+		t.Errorf("notes/.sync/peers: %q, want b, its key, status, cursor %s", dbPeers, tip)
+	}
+	// log.json is the twin of log.
+	var log []struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal([]byte(readFile(t, a.Path("notes", ".sync", "log.json"))), &log); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(readFile(t, a.Path("notes", ".sync", "log"))), "\n")
+	if len(log) != len(lines) || log[0].ID != strings.Fields(lines[0])[0] {
+		t.Errorf("log.json has %d entries (first %v), log %d lines", len(log), log[0], len(lines))
+	}
 	expectErrno(t, "write to .sync/status", os.WriteFile(a.Path(".sync", "status"), []byte("x"), 0o644), syscall.EROFS)
 	expectErrno(t, "create in .sync", os.WriteFile(a.Path(".sync", "new"), []byte("x"), 0o644), syscall.EROFS)
 }

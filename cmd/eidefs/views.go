@@ -166,3 +166,22 @@ func (v syncViews) Control(cmd string) (string, error) {
 	}
 	return "", fmt.Errorf("unknown command %q (want: sync, sync PEER, connect ADDRESS, peer add KEY@ADDRESS [NAME])", cmd)
 }
+
+// DBPeers: per peer sharing the database, one line: name key status last_entry
+// last_sync total successful failed (the cursor and its counters).
+func (v syncViews) DBPeers(db engine.ID) []byte {
+	st := v.n.sync.State()
+	var b strings.Builder
+	for _, p := range st.Peers() {
+		c, ok := st.Cursors(p.Key)[db]
+		if !ok {
+			continue
+		}
+		last := "never"
+		if !c.LastSync.IsZero() {
+			last = c.LastSync.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(&b, "%s %s %s %s %s total=%d successful=%d failed=%d\n", p.Name, p.Key, p.Status, c.LastEntry, last, c.Total, c.Successful, c.Failed)
+	}
+	return []byte(b.String())
+}
