@@ -273,10 +273,27 @@ func TestConcurrentWritesConverge(t *testing.T) {
 		t.Errorf("tips: A %s, B %s; want the same two concurrent entries", shortIDs(tips(t, a, "notes")), shortIDs(tips(t, b, "notes")))
 	}
 
+	// The same, as files: .sync/conflicts/todo/k/ holds the losing version and the winner.
+	for _, n := range []*syncNode{a, b} {
+		dir := n.Path("notes", ".sync", "conflicts", "todo", "k")
+		got := names(t, dir)
+		if len(got) != 2 || got[1] != "winner" || !strings.HasPrefix(got[0], m[1]+".") {
+			t.Errorf("%s: ls %s = %v, want [%s.<author> winner]", n.Name, dir, got, m[1])
+			continue
+		}
+		expectContent(t, filepath.Join(dir, got[0]), loser)
+		expectContent(t, filepath.Join(dir, "winner"), va)
+	}
+
 	// Writing the key again on A, having seen both, resolves the conflict everywhere.
 	writeFile(t, a.Path("notes", "todo", "k"), "merged")
 	waitContent(t, pushTimeout, b.Path("notes", "todo", "k"), "merged")
 	waitSameTips(t, 5*time.Second, "notes", a, b)
+	for _, n := range []*syncNode{a, b} {
+		if got := names(t, n.Path("notes", ".sync", "conflicts")); len(got) != 0 {
+			t.Errorf("%s: .sync/conflicts after the resolving write: %v, want empty", n.Name, got)
+		}
+	}
 	for _, n := range []*syncNode{a, b} {
 		if out := mustCLI(t, n.Data, "conflicts", "notes"); out != "" {
 			t.Errorf("%s: conflicts after a later write resolved it:\n%s", n.Name, out)
