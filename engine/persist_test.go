@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -169,5 +170,38 @@ func TestEntriesAfterSendsOnlyWhatIsMissing(t *testing.T) {
 	back, err := DecodeVersionVector(EncodeVersionVector(vv))
 	if err != nil || len(back) != len(vv) || back[a.Identity().Public()] != vv[a.Identity().Public()] {
 		t.Fatalf("version vector round trip: %v %v", back, err)
+	}
+}
+
+func TestSnapshotAt(t *testing.T) {
+	in := newInstance(t, nil)
+	db, _ := in.CreateDatabase("d", "")
+	tx := db.Begin()
+	tx.Store("s").Set("k", []byte("one")).SetPath([]string{"dir", "x"}, []byte(strings.Repeat("big", 1000)))
+	first := mustCommit(t, tx)
+	tx = db.Begin()
+	tx.Store("s").Set("k", []byte("two")).Delete([]string{"dir"})
+	tx.Store("t").Set("new", []byte("3"))
+	mustCommit(t, tx)
+
+	snap, err := db.At(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := snap.Get("s", []string{"k"}); err != nil || string(n.Value) != "one" {
+		t.Fatalf("k at first = %q %v", n.Value, err)
+	}
+	if n, err := snap.Get("s", []string{"dir", "x"}); err != nil || len(n.Value) != 3000 {
+		t.Fatalf("dir/x at first: %d bytes %v", len(n.Value), err)
+	}
+	if got := snap.Stores(); !slices.Equal(got, []string{"s"}) {
+		t.Fatalf("stores at first = %v", got)
+	}
+	if got := getString(t, db, "s", "k"); got != "two" {
+		t.Fatalf("current k = %q", got)
+	}
+	id, err := db.FindEntry(first.String()[:10])
+	if err != nil || id != first {
+		t.Fatalf("FindEntry: %v %v", id, err)
 	}
 }

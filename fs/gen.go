@@ -33,6 +33,10 @@ func (f *FS) genDirInode(ctx context.Context, parent *gofs.Inode, kind byte, id 
 }
 
 func (g *genDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if g.kind == 'S' && name == "at" {
+		g.fsys.setAttr(&out.Attr, syscall.S_IFDIR|0o555, 0, time.Now().UnixMilli())
+		return g.NewInode(ctx, &atDir{fsys: g.fsys, db: g.id, snaps: map[engine.ID]*engine.Snapshot{}}, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino('A', g.id, "", nil)}), 0
+	}
 	if g.kind == 'S' && name == "conflicts" {
 		out.SetEntryTimeout(0)
 		out.SetAttrTimeout(0)
@@ -75,7 +79,8 @@ func (g *genDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		entries = append(entries, fuse.DirEntry{Name: n, Mode: syscall.S_IFREG, Ino: ino(g.kind, g.id, n, nil)})
 	}
 	if g.kind == 'S' {
-		entries = append(entries, fuse.DirEntry{Name: "conflicts", Mode: syscall.S_IFDIR, Ino: ino('C', g.id, "", nil)})
+		entries = append(entries, fuse.DirEntry{Name: "conflicts", Mode: syscall.S_IFDIR, Ino: ino('C', g.id, "", nil)},
+			fuse.DirEntry{Name: "at", Mode: syscall.S_IFDIR, Ino: ino('A', g.id, "", nil)})
 	}
 	return gofs.NewListDirStream(entries), 0
 }

@@ -231,3 +231,30 @@ func TestCtl(t *testing.T) {
 	}
 	expectErrno(t, "rm ctl", os.Remove(a.Path(".sync", "ctl")), syscall.EROFS)
 }
+
+// TestTimeTravel: .sync/at/<entry>/ is the tree as it was right after that entry.
+func TestTimeTravel(t *testing.T) {
+	m := mount(t, mountOpts{})
+	m.mustSh(t, `mkdir -p "$MNT/notes/todo/sub" && echo one > "$MNT/notes/todo/k" && echo a > "$MNT/notes/todo/sub/a" && head -c 5000 /dev/urandom > "$MNT/notes/todo/big"`)
+	then := snapshot(t, m.Path("notes", "todo"))
+	id := strings.Fields(readFile(t, m.Path("notes", ".sync", "log")))[0]
+	m.mustSh(t, `echo two > "$MNT/notes/todo/k" && rm -r "$MNT/notes/todo/sub" && echo new > "$MNT/notes/todo/n"`)
+	// Snapshots are read-only (0444/0555); compare everything but the modes.
+	noPerm := func(tree map[string]fileInfo) map[string]fileInfo {
+		for p, fi := range tree {
+			fi.Perm = 0
+			tree[p] = fi
+		}
+		return tree
+	}
+	for _, prefix := range []string{id, id[:8]} {
+		past := snapshot(t, m.Path("notes", ".sync", "at", prefix, "todo"))
+		expectSameTree(t, noPerm(then), noPerm(past), "at/"+prefix)
+	}
+	if _, errOut, code := m.sh(t, `touch "$MNT/notes/.sync/at/`+id+`/todo/x"`); code == 0 || !strings.Contains(errOut, "Read-only file system") {
+		t.Errorf("touch in a snapshot: exit %d %q", code, errOut)
+	}
+	if _, err := os.Stat(m.Path("notes", ".sync", "at", "ffffffff")); !os.IsNotExist(err) {
+		t.Errorf("unknown entry prefix: %v", err)
+	}
+}
