@@ -44,8 +44,10 @@ type Options struct {
 // SyncViews is what the filesystem shows of sync, provided by whoever runs sync
 // (fs does not depend on netsync). Each method returns a whole file's content.
 type SyncViews interface {
-	// Status is key: value lines about this node and its peers.
+	// Status is key: value lines about this node and its peers; StatusJSON the same
+	// as a JSON object.
 	Status() []byte
+	StatusJSON() []byte
 	// Peers is one line per peer.
 	Peers() []byte
 	// History is one line per sync, oldest first; it only grows (tail -f).

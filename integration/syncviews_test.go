@@ -42,6 +42,10 @@ func TestSyncStatusFiles(t *testing.T) {
 			t.Errorf(".sync/status %s = %q, want %q\n%s", k, fields[k], want, status)
 		}
 	}
+	var js map[string]any
+	if err := json.Unmarshal([]byte(readFile(t, a.Path(".sync", "status.json"))), &js); err != nil || js["key"] != keyOf(a) || js["peers_active"] != 1.0 {
+		t.Errorf("status.json: %v %v", js, err)
+	}
 	// A peer per line, awk-able: name key status last_sync addresses.
 	got := strings.TrimSpace(mustSh(t, a.Mount.Dir, `awk '{print $1, $2, $3}' .sync/peers`))
 	if want := fmt.Sprintf("b %s active", keyOf(b)); got != want {

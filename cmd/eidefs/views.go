@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -17,40 +18,66 @@ type syncViews struct {
 	started time.Time
 }
 
-func (v syncViews) Status() []byte {
-	var b strings.Builder
+// nodeStatus is what .sync/status and status.json show.
+type nodeStatus struct {
+	Key           string `json:"key"`
+	Name          string `json:"name"`
+	Listen        string `json:"listen"`
+	UptimeSeconds int64  `json:"uptime_seconds"`
+	Databases     int    `json:"databases"`
+	PeersActive   int    `json:"peers_active"`
+	PeersInactive int    `json:"peers_inactive"`
+	LastSync      string `json:"last_sync,omitempty"`
+	LastError     string `json:"last_error,omitempty"`
+	Commits       uint64 `json:"commits"`
+	Applied       uint64 `json:"applied"`
+	Rejected      uint64 `json:"rejected"`
+}
+
+func (v syncViews) status() nodeStatus {
 	n := v.n
-	fmt.Fprintf(&b, "key: %s\n", n.inst.Identity().Public())
-	fmt.Fprintf(&b, "name: %s\n", n.cfg.Name)
-	fmt.Fprintf(&b, "listen: %s\n", strings.Join(n.sync.Addrs(), ","))
-	fmt.Fprintf(&b, "uptime: %s\n", time.Since(v.started).Truncate(time.Second))
-	fmt.Fprintf(&b, "databases: %d\n", len(n.inst.Databases()))
-	active, inactive := 0, 0
+	st := n.inst.Stats()
+	s := nodeStatus{Key: n.inst.Identity().Public().String(), Name: n.cfg.Name, Listen: strings.Join(n.sync.Addrs(), ","),
+		UptimeSeconds: int64(time.Since(v.started).Seconds()), Databases: len(n.inst.Databases()),
+		Commits: st.Commits, Applied: st.Applied, Rejected: st.Rejected}
 	var lastSync time.Time
-	lastErr := ""
 	for _, p := range n.sync.State().Peers() {
 		if p.Status == "active" {
-			active++
+			s.PeersActive++
 		} else {
-			inactive++
+			s.PeersInactive++
 		}
 		if p.LastSync.After(lastSync) {
 			lastSync = p.LastSync
 		}
 		if p.LastError != "" {
-			lastErr = p.Name + ": " + p.LastError
+			s.LastError = p.Name + ": " + p.LastError
 		}
 	}
-	fmt.Fprintf(&b, "peers_active: %d\npeers_inactive: %d\n", active, inactive)
 	if !lastSync.IsZero() {
-		fmt.Fprintf(&b, "last_sync: %s\n", lastSync.UTC().Format(time.RFC3339))
+		s.LastSync = lastSync.UTC().Format(time.RFC3339)
 	}
-	if lastErr != "" {
-		fmt.Fprintf(&b, "last_error: %s\n", lastErr)
+	return s
+}
+
+func (v syncViews) Status() []byte {
+	s := v.status()
+	var b strings.Builder
+	fmt.Fprintf(&b, "key: %s\nname: %s\nlisten: %s\nuptime: %ds\ndatabases: %d\n", s.Key, s.Name, s.Listen, s.UptimeSeconds, s.Databases)
+	fmt.Fprintf(&b, "peers_active: %d\npeers_inactive: %d\n", s.PeersActive, s.PeersInactive)
+	if s.LastSync != "" {
+		fmt.Fprintf(&b, "last_sync: %s\n", s.LastSync)
 	}
-	st := n.inst.Stats()
-	fmt.Fprintf(&b, "commits: %d\napplied: %d\nrejected: %d\n", st.Commits, st.Applied, st.Rejected)
+	if s.LastError != "" {
+		fmt.Fprintf(&b, "last_error: %s\n", s.LastError)
+	}
+	fmt.Fprintf(&b, "commits: %d\napplied: %d\nrejected: %d\n", s.Commits, s.Applied, s.Rejected)
 	return []byte(b.String())
+}
+
+func (v syncViews) StatusJSON() []byte {
+	b, _ := json.MarshalIndent(v.status(), "", "  ")
+	return append(b, '\n')
 }
 
 // Peers: name key status last_sync addresses, one peer a line (for awk).
