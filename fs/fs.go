@@ -48,8 +48,9 @@ type SyncViews interface {
 	// as a JSON object.
 	Status() []byte
 	StatusJSON() []byte
-	// Peers is one line per peer.
-	Peers() []byte
+	// PeerNames lists the peers; PeerFile is one of a peer's files (see peerFiles).
+	PeerNames() []string
+	PeerFile(peer, file string) ([]byte, bool)
 	// History is one line per sync, oldest first; it only grows (tail -f).
 	History() []byte
 	// DBPeers is one line per peer syncing the database, with its cursor.

@@ -43,6 +43,12 @@ func (g *genDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 		g.fsys.setAttr(&out.Attr, syscall.S_IFDIR|0o555, 0, time.Now().UnixMilli())
 		return g.NewInode(ctx, &conflictsDir{fsys: g.fsys, db: g.id}, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino('C', g.id, "", nil)}), 0
 	}
+	if g.kind == 'G' && name == "peers" && g.fsys.opts.Sync != nil {
+		out.SetEntryTimeout(0)
+		out.SetAttrTimeout(0)
+		g.fsys.setAttr(&out.Attr, syscall.S_IFDIR|0o555, 0, time.Now().UnixMilli())
+		return g.NewInode(ctx, &peersDir{fsys: g.fsys}, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino('P', engine.ID{}, "", nil)}), 0
+	}
 	if g.kind == 'G' && name == "ctl" {
 		out.SetEntryTimeout(0)
 		out.SetAttrTimeout(0)
@@ -77,6 +83,9 @@ func (g *genDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	var entries []fuse.DirEntry
 	for _, n := range names {
 		entries = append(entries, fuse.DirEntry{Name: n, Mode: syscall.S_IFREG, Ino: ino(g.kind, g.id, n, nil)})
+	}
+	if g.kind == 'G' && g.fsys.opts.Sync != nil {
+		entries = append(entries, fuse.DirEntry{Name: "peers", Mode: syscall.S_IFDIR, Ino: ino('P', engine.ID{}, "", nil)})
 	}
 	if g.kind == 'S' {
 		entries = append(entries, fuse.DirEntry{Name: "conflicts", Mode: syscall.S_IFDIR, Ino: ino('C', g.id, "", nil)},

@@ -283,7 +283,6 @@ func (f *FS) globalSyncFiles() map[string]func() []byte {
 	if f.opts.Sync != nil {
 		files["status"] = f.opts.Sync.Status
 		files["status.json"] = f.opts.Sync.StatusJSON
-		files["peers"] = f.opts.Sync.Peers
 		files["history"] = f.opts.Sync.History
 	}
 	return files

@@ -3,7 +3,6 @@ package integration
 import (
 	"bufio"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -46,10 +45,25 @@ func TestSyncStatusFiles(t *testing.T) {
 	if err := json.Unmarshal([]byte(readFile(t, a.Path(".sync", "status.json"))), &js); err != nil || js["key"] != keyOf(a) || js["peers_active"] != 1.0 {
 		t.Errorf("status.json: %v %v", js, err)
 	}
-	// A peer per line, awk-able: name key status last_sync addresses.
-	got := strings.TrimSpace(mustSh(t, a.Mount.Dir, `awk '{print $1, $2, $3}' .sync/peers`))
-	if want := fmt.Sprintf("b %s active", keyOf(b)); got != want {
-		t.Errorf(".sync/peers: %q, want %q", got, want)
+	// A directory per peer: info, addresses, status, databases, cursor, metadata, history.
+	if got := names(t, a.Path(".sync", "peers")); len(got) != 1 || got[0] != "b" {
+		t.Errorf("ls .sync/peers = %v, want [b]", got)
+	}
+	if got := names(t, a.Path(".sync", "peers", "b")); strings.Join(got, " ") != "addresses cursor databases history info metadata status" {
+		t.Errorf("ls .sync/peers/b = %v", got)
+	}
+	info := mustSh(t, a.Mount.Dir, `grep '^key: ' .sync/peers/b/info | cut -d' ' -f2`)
+	if strings.TrimSpace(info) != keyOf(b) {
+		t.Errorf(".sync/peers/b/info key = %q, want %q", info, keyOf(b))
+	}
+	if got := strings.TrimSpace(readFile(t, a.Path(".sync", "peers", "b", "status"))); got != "active" {
+		t.Errorf(".sync/peers/b/status = %q", got)
+	}
+	if got := strings.TrimSpace(readFile(t, a.Path(".sync", "peers", "b", "addresses"))); got != b.Addr {
+		t.Errorf(".sync/peers/b/addresses = %q, want %q", got, b.Addr)
+	}
+	if got := strings.Fields(readFile(t, a.Path(".sync", "peers", "b", "databases"))); len(got) != 3 || got[0] != "notes" || got[2] != "write" {
+		t.Errorf(".sync/peers/b/databases = %q", got)
 	}
 	// The size at stat is the size read (tail -f, wc and cat rely on it).
 	fi, err := os.Stat(a.Path(".sync", "status"))
@@ -62,6 +76,17 @@ func TestSyncStatusFiles(t *testing.T) {
 	dbPeers := strings.Fields(readFile(t, a.Path("notes", ".sync", "peers")))
 	if len(dbPeers) < 5 || dbPeers[0] != "b" || dbPeers[1] != keyOf(b) || dbPeers[3] != tip {
 		t.Errorf("notes/.sync/peers: %q, want b, its key, status, cursor %s", dbPeers, tip)
+	}
+	cursor := strings.Fields(readFile(t, a.Path(".sync", "peers", "b", "cursor")))
+	if len(cursor) != 5 || cursor[0] != "notes" || cursor[1] != tip {
+		t.Errorf(".sync/peers/b/cursor = %q, want notes %s …", cursor, tip)
+	}
+	meta := readFile(t, a.Path(".sync", "peers", "b", "metadata"))
+	if !strings.HasPrefix(meta, "notes successful=") || !strings.Contains(meta, "success_rate=1.000") {
+		t.Errorf(".sync/peers/b/metadata = %q", meta)
+	}
+	if h := readFile(t, a.Path(".sync", "peers", "b", "history")); !strings.Contains(h, " b notes ok ") {
+		t.Errorf(".sync/peers/b/history = %q", h)
 	}
 	// log.json is the twin of log.
 	var log []struct {

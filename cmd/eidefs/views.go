@@ -80,21 +80,80 @@ func (v syncViews) StatusJSON() []byte {
 	return append(b, '\n')
 }
 
-// Peers: name key status last_sync addresses, one peer a line (for awk).
-func (v syncViews) Peers() []byte {
-	var b strings.Builder
+// PeerNames lists the peers by name.
+func (v syncViews) PeerNames() []string {
+	var out []string
 	for _, p := range v.n.sync.State().Peers() {
-		last := "never"
-		if !p.LastSync.IsZero() {
-			last = p.LastSync.UTC().Format(time.RFC3339)
-		}
-		addrs := strings.Join(p.Addrs, ",")
-		if addrs == "" {
-			addrs = "-"
-		}
-		fmt.Fprintf(&b, "%s %s %s %s %s\n", p.Name, p.Key, p.Status, last, addrs)
+		out = append(out, p.Name)
 	}
-	return []byte(b.String())
+	return out
+}
+
+// PeerFile is one file of .sync/peers/<name>/.
+func (v syncViews) PeerFile(name, file string) ([]byte, bool) {
+	st := v.n.sync.State()
+	p, err := v.n.sync.FindPeer(name)
+	if err != nil {
+		return nil, false
+	}
+	when := func(t time.Time) string {
+		if t.IsZero() {
+			return "never"
+		}
+		return t.UTC().Format(time.RFC3339)
+	}
+	dbName := func(id engine.ID) string {
+		if d, ok := v.n.inst.DatabaseByID(id); ok {
+			return d.Name()
+		}
+		return id.Short()
+	}
+	var b strings.Builder
+	switch file {
+	case "info":
+		fmt.Fprintf(&b, "key: %s\nname: %s\nstatus: %s\nfirst_seen: %s\nlast_seen: %s\nlast_sync: %s\nconsecutive_failures: %d\nrejected_entries: %d\n",
+			p.Key, p.Name, p.Status, when(p.FirstSeen), when(p.LastSeen), when(p.LastSync), p.Failures, p.Rejected)
+		if p.LastError != "" {
+			fmt.Fprintf(&b, "last_error: %s\n", p.LastError)
+		}
+	case "addresses":
+		for _, a := range p.Addrs {
+			b.WriteString(a + "\n")
+		}
+	case "status":
+		b.WriteString(p.Status + "\n")
+	case "databases":
+		for _, info := range v.n.inst.Databases() {
+			d, _ := v.n.inst.DatabaseByID(info.ID)
+			if s, err := d.Settings(); err == nil && s.Permission(p.Key) >= engine.PermRead {
+				fmt.Fprintf(&b, "%s %s %s\n", info.Name, info.ID, s.Permission(p.Key))
+			}
+		}
+	case "cursor", "metadata":
+		cs := st.Cursors(p.Key)
+		ids := make([]engine.ID, 0, len(cs))
+		for id := range cs {
+			ids = append(ids, id)
+		}
+		sort.Slice(ids, func(i, j int) bool { return dbName(ids[i]) < dbName(ids[j]) })
+		for _, id := range ids {
+			c := cs[id]
+			if file == "cursor" {
+				// db last_entry last_sync last_count total
+				fmt.Fprintf(&b, "%s %s %s %d %d\n", dbName(id), c.LastEntry, when(c.LastSync), c.LastCount, c.Total)
+			} else {
+				fmt.Fprintf(&b, "%s successful=%d failed=%d success_rate=%.3f average_duration_ms=%.2f bytes=%d\n",
+					dbName(id), c.Successful, c.Failed, c.SuccessRate(), c.AvgMs, c.Bytes)
+			}
+		}
+	case "history":
+		for _, h := range st.History(p.Key) {
+			b.WriteString(historyLine(h, p.Name, dbName(h.DB)))
+		}
+	default:
+		return nil, false
+	}
+	return []byte(b.String()), true
 }
 
 // History: one line per sync with any peer, oldest first (at most the last 1,000
@@ -117,18 +176,24 @@ func (v syncViews) History() []byte {
 		if d, ok := v.n.inst.DatabaseByID(h.DB); ok {
 			db = d.Name()
 		}
-		result := "ok"
-		if !h.OK {
-			result = "failed"
-		}
-		fmt.Fprintf(&b, "%s %d %s %s %s entries=%d bytes=%d duration_ms=%.1f", h.Started.UTC().Format(time.RFC3339Nano), h.Seq,
-			names[h.Peer], db, result, h.Entries, h.Bytes, float64(h.Duration.Microseconds())/1000)
-		if h.Err != "" {
-			fmt.Fprintf(&b, " error=%q", h.Err)
-		}
-		b.WriteByte('\n')
+		b.WriteString(historyLine(h, names[h.Peer], db))
 	}
 	return []byte(b.String())
+}
+
+// historyLine: time, sync id, peer, database, ok or failed, entries, bytes,
+// duration, error.
+func historyLine(h netsync.HistoryRecord, peer, db string) string {
+	result := "ok"
+	if !h.OK {
+		result = "failed"
+	}
+	line := fmt.Sprintf("%s %d %s %s %s entries=%d bytes=%d duration_ms=%.1f", h.Started.UTC().Format(time.RFC3339Nano), h.Seq,
+		peer, db, result, h.Entries, h.Bytes, float64(h.Duration.Microseconds())/1000)
+	if h.Err != "" {
+		line += fmt.Sprintf(" error=%q", h.Err)
+	}
+	return line + "\n"
 }
 
 // Control runs a command written to .sync/ctl.
