@@ -120,3 +120,20 @@ func DecodeVersionVector(b []byte) (VersionVector, error) {
 	}
 	return vv, nil
 }
+
+// EntryVersion is an entry's author and that author's sequence number: a replica
+// whose version vector covers it holds the entry.
+func (in *Instance) EntryVersion(id ID) (PublicKey, uint64, error) {
+	m, err := getRec[entryMeta](in.kv, key(pMeta, id[:]))
+	if err != nil {
+		return PublicKey{}, 0, fmt.Errorf("entry %s: %w", id.Short(), ErrNotFound)
+	}
+	return m.A, m.S, nil
+}
+
+// Merge raises v to cover w too.
+func (v VersionVector) Merge(w VersionVector) {
+	for k, s := range w {
+		v[k] = max(v[k], s)
+	}
+}

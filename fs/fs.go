@@ -10,6 +10,7 @@
 package fs
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"hash/fnv"
@@ -55,6 +56,9 @@ type SyncViews interface {
 	History() []byte
 	// DBPeers is one line per peer syncing the database, with its cursor.
 	DBPeers(db engine.ID) []byte
+	// Wait blocks until the entry whose id starts with prefix is held by n peers
+	// (then lists them), the context ends, or its time limit passes (ErrTimeout).
+	Wait(ctx context.Context, prefix string, n int) ([]byte, error)
 	// Control runs one command written to .sync/ctl and describes the outcome.
 	Control(cmd string) (string, error)
 }

@@ -49,6 +49,10 @@ func (g *genDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 		g.fsys.setAttr(&out.Attr, syscall.S_IFDIR|0o555, 0, time.Now().UnixMilli())
 		return g.NewInode(ctx, &peersDir{fsys: g.fsys}, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino('P', engine.ID{}, "", nil)}), 0
 	}
+	if g.kind == 'G' && name == "wait" {
+		g.fsys.setAttr(&out.Attr, syscall.S_IFDIR|0o555, 0, time.Now().UnixMilli())
+		return g.NewInode(ctx, &waitDir{fsys: g.fsys}, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino('W', engine.ID{}, "", nil)}), 0
+	}
 	if g.kind == 'G' && name == "ctl" {
 		out.SetEntryTimeout(0)
 		out.SetAttrTimeout(0)
@@ -85,7 +89,8 @@ func (g *genDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		entries = append(entries, fuse.DirEntry{Name: n, Mode: syscall.S_IFREG, Ino: ino(g.kind, g.id, n, nil)})
 	}
 	if g.kind == 'G' && g.fsys.opts.Sync != nil {
-		entries = append(entries, fuse.DirEntry{Name: "peers", Mode: syscall.S_IFDIR, Ino: ino('P', engine.ID{}, "", nil)})
+		entries = append(entries, fuse.DirEntry{Name: "peers", Mode: syscall.S_IFDIR, Ino: ino('P', engine.ID{}, "", nil)},
+			fuse.DirEntry{Name: "wait", Mode: syscall.S_IFDIR, Ino: ino('W', engine.ID{}, "", nil)})
 	}
 	if g.kind == 'S' {
 		entries = append(entries, fuse.DirEntry{Name: "conflicts", Mode: syscall.S_IFDIR, Ino: ino('C', g.id, "", nil)},

@@ -26,6 +26,7 @@ type syncOpts struct {
 	Retry    string // [sync] retry
 	RetryCap string // [sync] retry_cap
 	Health   string // [sync] health
+	Wait     string // [sync] wait_timeout
 }
 
 // syncNode is one eidefs node listening for peers at Addr. Its process (a *Mount,
@@ -63,7 +64,7 @@ func newSyncNode(t *testing.T, name string, o syncOpts) *syncNode {
 	mustCLI(t, n.Data, "init")
 	setConfig(t, n.Data, map[string]string{"name": fmt.Sprintf("%q", name)})
 	var table strings.Builder
-	for _, kv := range [][2]string{{"periodic", o.Periodic}, {"retry", o.Retry}, {"retry_cap", o.RetryCap}, {"health", o.Health}} {
+	for _, kv := range [][2]string{{"periodic", o.Periodic}, {"retry", o.Retry}, {"retry_cap", o.RetryCap}, {"health", o.Health}, {"wait_timeout", o.Wait}} {
 		if kv[1] != "" {
 			fmt.Fprintf(&table, "%s = %q\n", kv[0], kv[1])
 		}

@@ -287,3 +287,31 @@ func TestTimeTravel(t *testing.T) {
 		t.Errorf("unknown entry prefix: %v", err)
 	}
 }
+
+// TestWaitBarrier: reading .sync/wait/<entry> returns the peers holding the entry
+// once one does; an entry no peer can get times out with ETIMEDOUT.
+func TestWaitBarrier(t *testing.T) {
+	a := newSyncNode(t, "a", syncOpts{Wait: "1s"})
+	b := newSyncNode(t, "b", syncOpts{})
+	a.Mount.mustSh(t, `mkdir "$MNT/notes" "$MNT/notes/todo"`)
+	join(t, b, share(t, a, "notes", "--write"))
+	writeFile(t, a.Path("notes", "todo", "x"), "1\n")
+	id := strings.Fields(readFile(t, a.Path("notes", ".sync", "log")))[0]
+	start := time.Now()
+	got := readFile(t, a.Path(".sync", "wait", id[:12]))
+	if f := strings.Fields(got); len(f) != 2 || f[0] != "b" {
+		t.Errorf("wait/%s = %q, want b and its key", id[:12], got)
+	}
+	t.Logf("wait returned after %v", time.Since(start))
+	// Two peers will never hold it: the barrier times out (wait_timeout = 1s here).
+	if _, err := os.ReadFile(a.Path(".sync", "wait", id+"@2")); err == nil {
+		t.Error("wait@2 with one peer returned")
+	} else {
+		expectErrno(t, "wait@2", err, syscall.ETIMEDOUT)
+	}
+	if _, err := os.ReadFile(a.Path(".sync", "wait", "ffffffffffff")); err == nil {
+		t.Error("wait for an unknown entry returned")
+	} else {
+		expectErrno(t, "wait for an unknown entry", err, syscall.ENOENT)
+	}
+}

@@ -731,10 +731,14 @@ func (w *worker) pushEntries(ctx context.Context, db engine.ID, ids []engine.ID)
 		return false
 	}
 	bytes := 0
-	for _, r := range raws {
+	has := engine.VersionVector{}
+	for i, r := range raws {
 		bytes += len(r)
+		if a, s, err := n.inst.EntryVersion(ids[i]); err == nil {
+			has.Merge(engine.VersionVector{a: s})
+		}
 	}
-	n.finish(Result{Peer: w.key, DB: db, Sent: len(raws), BytesOut: bytes, Started: start, Duration: time.Since(start)})
+	n.finish(Result{Peer: w.key, DB: db, Sent: len(raws), BytesOut: bytes, Started: start, Duration: time.Since(start), PeerHas: has})
 	return true
 }
 
@@ -755,4 +759,19 @@ func (w *worker) health() {
 			p.Status, p.LastSeen = "active", time.Now()
 		}
 	})
+}
+
+// Holders lists the peers known to hold entry id of database db.
+func (n *Node) Holders(db, id engine.ID) []PeerInfo {
+	a, s, err := n.inst.EntryVersion(id)
+	if err != nil {
+		return nil
+	}
+	var out []PeerInfo
+	for _, p := range n.state.Peers() {
+		if n.state.Cursor(p.Key, db).Holds(a, s) {
+			out = append(out, p)
+		}
+	}
+	return out
 }

@@ -113,6 +113,9 @@ type Result struct {
 	Started  time.Time
 	Duration time.Duration
 	Err      error
+	// PeerHas is what the peer is known to hold after this sync (its version vector
+	// merged with what was sent), for durability barriers (.sync/wait).
+	PeerHas engine.VersionVector
 }
 
 // proto is the protocol logic, independent of any transport: it runs requests as a
@@ -193,6 +196,7 @@ func (p *proto) sync(s Stream, peer engine.PublicKey, db engine.ID, invite []byt
 		res.Err = fmt.Errorf("%w: %v", ErrProtocol, err)
 		return res
 	}
+	ours := local.VersionVector()
 	if res.Err = p.send(s, local, theirs, &res); res.Err != nil {
 		return res
 	}
@@ -203,6 +207,9 @@ func (p *proto) sync(s Stream, peer engine.PublicKey, db engine.ID, invite []byt
 	}
 	if a.Err != "" {
 		res.Err = errors.New(a.Err)
+	} else {
+		theirs.Merge(ours) // it now holds what we had when we sent
+		res.PeerHas = theirs
 	}
 	// Tips we still lack (a forked author chain hides them from version vectors):
 	// ask for them by id, and for their missing ancestors, until complete.

@@ -59,6 +59,13 @@ type Cursor struct {
 	Failed     uint64    `cbor:"6,keyasint" json:"failed_syncs"`
 	Bytes      uint64    `cbor:"7,keyasint" json:"bytes"`
 	AvgMs      float64   `cbor:"8,keyasint" json:"average_duration_ms"`
+	PeerHas    []byte    `cbor:"9,keyasint,omitempty" json:"-"` // encoded version vector the peer is known to hold
+}
+
+// Holds reports whether the peer is known to hold the entry with this version.
+func (c Cursor) Holds(author engine.PublicKey, seq uint64) bool {
+	vv, err := engine.DecodeVersionVector(c.PeerHas)
+	return err == nil && vv[author] >= seq
 }
 
 // SuccessRate is successful syncs over all syncs (0 when none).
@@ -221,6 +228,14 @@ func (s *State) record(r Result, tip engine.ID) (HistoryRecord, error) {
 		c.LastEntry, c.LastSync, c.LastCount = tip, r.Started.Add(r.Duration), moved
 	} else {
 		c.Failed++
+	}
+	if r.PeerHas != nil {
+		has, _ := engine.DecodeVersionVector(c.PeerHas)
+		if has == nil {
+			has = engine.VersionVector{}
+		}
+		has.Merge(r.PeerHas)
+		c.PeerHas = engine.EncodeVersionVector(has)
 	}
 	c.Total += uint64(moved)
 	c.Bytes += uint64(h.Bytes)

@@ -30,6 +30,8 @@ type Config struct {
 		Retry    duration `toml:"retry"`
 		RetryCap duration `toml:"retry_cap"`
 		Health   duration `toml:"health"`
+		// WaitTimeout bounds a read of .sync/wait/<entry>.
+		WaitTimeout duration `toml:"wait_timeout"`
 	} `toml:"sync"`
 
 	Peers []PeerConfig `toml:"peers"`
@@ -70,6 +72,7 @@ func defaultConfig() Config {
 	c.Sync.Retry.Duration = 30 * time.Second
 	c.Sync.RetryCap.Duration = 5 * time.Minute
 	c.Sync.Health.Duration = time.Minute
+	c.Sync.WaitTimeout.Duration = time.Minute
 	return c
 }
 

@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/eidefs/eidefs/engine"
+	"github.com/eidefs/eidefs/fs"
 	"github.com/eidefs/eidefs/netsync"
 )
 
@@ -276,4 +278,39 @@ func (v syncViews) DBPeers(db engine.ID) []byte {
 		fmt.Fprintf(&b, "%s %s %s %s %s total=%d successful=%d failed=%d\n", p.Name, p.Key, p.Status, c.LastEntry, last, c.Total, c.Successful, c.Failed)
 	}
 	return []byte(b.String())
+}
+
+// Wait blocks until the entry is held by n peers, polling the sync state.
+func (v syncViews) Wait(ctx context.Context, prefix string, n int) ([]byte, error) {
+	var db, id engine.ID
+	found := false
+	for _, info := range v.n.inst.Databases() {
+		d, _ := v.n.inst.DatabaseByID(info.ID)
+		if e, err := d.FindEntry(prefix); err == nil {
+			db, id, found = info.ID, e, true
+			break
+		}
+	}
+	if !found {
+		return nil, fmt.Errorf("entry %q: %w", prefix, engine.ErrNotFound)
+	}
+	ctx, cancel := context.WithTimeout(ctx, v.n.cfg.Sync.WaitTimeout.Duration)
+	defer cancel()
+	for {
+		if holders := v.n.sync.Holders(db, id); len(holders) >= n {
+			var b strings.Builder
+			for _, p := range holders {
+				fmt.Fprintf(&b, "%s %s\n", p.Name, p.Key)
+			}
+			return []byte(b.String()), nil
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, fs.ErrTimeout
+			}
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
