@@ -331,3 +331,22 @@ func (d *Database) Entries(from uint64, fn func(id ID, raw []byte) bool) error {
 	}
 	return err
 }
+
+// Changes lists an entry's changes: per op, the store, path and kind.
+func (in *Instance) Changes(id ID) ([]Change, error) {
+	raw, err := in.Entry(id)
+	if err != nil {
+		return nil, err
+	}
+	var e Entry
+	if err := decMode.Unmarshal(raw, &e); err != nil {
+		return nil, err
+	}
+	var out []Change
+	for _, s := range e.Stores {
+		for _, op := range s.Ops {
+			out = append(out, Change{Store: s.Name, Path: op.Path, Kind: op.Kind})
+		}
+	}
+	return out, nil
+}

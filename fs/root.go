@@ -243,7 +243,8 @@ func (f *FS) dbSyncFiles(db *engine.Database) map[string]func() []byte {
 		"log": func() []byte {
 			var b strings.Builder
 			err := db.Log(func(e engine.LogEntry) bool {
-				fmt.Fprintf(&b, "%s %d %s %s %s\n", e.ID, e.Height, time.UnixMilli(e.Time).UTC().Format(time.RFC3339Nano), e.Author, strings.Join(e.Stores, ","))
+				fmt.Fprintf(&b, "%s %d %s %s %s %s\n", e.ID, e.Height, time.UnixMilli(e.Time).UTC().Format(time.RFC3339Nano), e.Author,
+					strings.Join(e.Stores, ","), f.keysTouched(e.ID))
 				return true
 			})
 			if err != nil {
@@ -292,3 +293,20 @@ func (r *rootNode) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) s
 	return 0
 }
 func (d *dbNode) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) syscall.Errno { return 0 }
+
+// keysTouched is "store/path,…" of an entry's changes ("-" if none): the sixth
+// field of .sync/log. '%', space, comma, tab and newline in names are written %25,
+// %20, %2C, %09 and %0A, so fields never hold spaces (awk) and keys never commas.
+func (f *FS) keysTouched(id engine.ID) string {
+	changes, err := f.inst.Changes(id)
+	if err != nil || len(changes) == 0 {
+		return "-"
+	}
+	keys := make([]string, 0, len(changes))
+	for _, c := range changes {
+		keys = append(keys, logEscaper.Replace(strings.Join(append([]string{c.Store}, c.Path...), "/")))
+	}
+	return strings.Join(keys, ",")
+}
+
+var logEscaper = strings.NewReplacer("%", "%25", " ", "%20", ",", "%2C", "\t", "%09", "\n", "%0A")

@@ -110,6 +110,9 @@ func TestKeyXattrs(t *testing.T) {
 	m.mustSh(t, `mkdir -p "$MNT/notes/todo" && echo hi > "$MNT/notes/todo/milk"`)
 	out := m.mustSh(t, `getfattr --absolute-names -d "$MNT/notes/todo/milk"`)
 	newest := strings.Fields(strings.Split(readFile(t, m.Path("notes", ".sync", "log")), "\n")[0])
+	if len(newest) != 6 || newest[5] != "todo/milk" {
+		t.Errorf(".sync/log newest line %q: want the key touched, todo/milk, last", newest)
+	}
 	for _, want := range []string{
 		`user.eidefs.entry="` + newest[0] + `"`,
 		`user.eidefs.height="` + newest[1] + `"`,

@@ -75,6 +75,7 @@ type logLine struct {
 	Time   time.Time
 	Author string
 	Stores []string
+	Keys   []string // store/path of each change, %-escaped
 }
 
 var hex64 = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -92,8 +93,8 @@ func syncLog(t *testing.T, m *Mount, db string) []logLine {
 			continue
 		}
 		f := strings.Split(l, " ")
-		if len(f) != 5 {
-			t.Fatalf(".sync/log line %q: want 5 space-separated fields: id height time author stores", l)
+		if len(f) != 6 {
+			t.Fatalf(".sync/log line %q: want 6 space-separated fields: id height time author stores keys", l)
 		}
 		if !hex64.MatchString(f[0]) {
 			t.Errorf(".sync/log line %q: id is not 64 hex digits", l)
@@ -109,7 +110,7 @@ func syncLog(t *testing.T, m *Mount, db string) []logLine {
 		if !strings.HasPrefix(f[3], "ed25519:") {
 			t.Errorf(".sync/log line %q: author is not an ed25519: key", l)
 		}
-		out = append(out, logLine{f[0], h, tm, f[3], strings.Split(f[4], ",")})
+		out = append(out, logLine{f[0], h, tm, f[3], strings.Split(f[4], ","), strings.Split(f[5], ",")})
 	}
 	if len(out) == 0 {
 		t.Fatalf("%s/.sync/log is empty: a database has at least its root entry", db)
