@@ -56,6 +56,8 @@ type SyncViews interface {
 	History() []byte
 	// DBPeers is one line per peer syncing the database, with its cursor.
 	DBPeers(db engine.ID) []byte
+	// DBTicket is a read-only share ticket for the database (one line).
+	DBTicket(db engine.ID) []byte
 	// Wait blocks until the entry whose id starts with prefix is held by n peers
 	// (then lists them), the context ends, or its time limit passes (ErrTimeout).
 	Wait(ctx context.Context, prefix string, n int) ([]byte, error)

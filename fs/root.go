@@ -273,6 +273,7 @@ func (f *FS) dbSyncFiles(db *engine.Database) map[string]func() []byte {
 	}
 	if f.opts.Sync != nil {
 		files["peers"] = func() []byte { return f.opts.Sync.DBPeers(db.ID()) }
+		files["ticket"] = func() []byte { return f.opts.Sync.DBTicket(db.ID()) }
 	}
 	return files
 }

@@ -318,3 +318,25 @@ func TestWaitBarrier(t *testing.T) {
 		expectErrno(t, "wait for an unknown entry", err, syscall.ENOENT)
 	}
 }
+
+// TestTicketFile: <db>/.sync/ticket is a read-only ticket another node joins with;
+// it stays the same until used, then a new one is shown.
+func TestTicketFile(t *testing.T) {
+	a := newSyncNode(t, "a", syncOpts{})
+	b := newSyncNode(t, "b", syncOpts{})
+	a.Mount.mustSh(t, `mkdir "$MNT/notes" "$MNT/notes/todo" && echo hi > "$MNT/notes/todo/x"`)
+	tk := strings.TrimSpace(readFile(t, a.Path("notes", ".sync", "ticket")))
+	if again := strings.TrimSpace(readFile(t, a.Path("notes", ".sync", "ticket"))); again != tk || !strings.HasPrefix(tk, "eidefs1:") {
+		t.Fatalf("ticket %q, then %q", tk, again)
+	}
+	join(t, b, tk)
+	expectContent(t, b.Path("notes", "todo", "x"), "hi\n")
+	expectErrno(t, "write on read-only b", os.WriteFile(b.Path("notes", "todo", "y"), []byte("x"), 0o644), syscall.EACCES)
+	if next := strings.TrimSpace(readFile(t, a.Path("notes", ".sync", "ticket"))); next == tk {
+		t.Error("the used ticket is still shown")
+	}
+	status := readFile(t, a.Path(".sync", "status"))
+	if !strings.Contains(status, "pending_push: 0\n") || !strings.Contains(status, "retry_queue: 0\n") {
+		t.Errorf(".sync/status lacks pending_push/retry_queue:\n%s", status)
+	}
+}

@@ -70,6 +70,7 @@ type Node struct {
 	workers map[engine.PublicKey]*worker
 	// listeners get every sync record as it happens (.sync/history).
 	listeners []func(HistoryRecord)
+	tickets   map[engine.ID]Ticket // read-only tickets shown in .sync/ticket
 }
 
 // Start opens the transport and starts serving, pushing and syncing.
@@ -570,6 +571,7 @@ type worker struct {
 	full    map[engine.ID]bool
 	all     bool // full sync of every shared database
 	revived bool // the peer reappeared: retry at once
+	waiting bool // failed and waiting for a retry (guarded by mu)
 
 	wake     chan struct{}
 	quit     chan struct{}
@@ -659,6 +661,9 @@ func (w *worker) run() {
 		}
 		if w.once() {
 			failures, retryAt = 0, time.Time{}
+			w.mu.Lock()
+			w.waiting = false
+			w.mu.Unlock()
 			continue
 		}
 		failures++
@@ -669,6 +674,9 @@ func (w *worker) run() {
 			backoff = n.o.Retry << min(failures-2, 16)
 		}
 		retryAt = clock.Now().Add(min(backoff, n.o.RetryCap))
+		w.mu.Lock()
+		w.waiting = true
+		w.mu.Unlock()
 		n.state.updatePeer(w.key, func(p *PeerInfo) { p.Failures, p.Status = failures, "inactive" })
 		w.requestFull(nil) // whatever failed is covered by the full sync at retry time
 	}
@@ -774,4 +782,48 @@ func (n *Node) Holders(db, id engine.ID) []PeerInfo {
 		}
 	}
 	return out
+}
+
+// Queues reports the entries waiting to be pushed (summed over peers) and how
+// many peers wait for a retry after a failure.
+func (n *Node) Queues() (pendingPush, retrying int) {
+	n.mu.Lock()
+	ws := make([]*worker, 0, len(n.workers))
+	for _, w := range n.workers {
+		ws = append(ws, w)
+	}
+	n.mu.Unlock()
+	for _, w := range ws {
+		w.mu.Lock()
+		for _, ids := range w.pending {
+			pendingPush += len(ids)
+		}
+		if w.waiting {
+			retrying++
+		}
+		w.mu.Unlock()
+	}
+	return pendingPush, retrying
+}
+
+// ReadTicket is a read-only ticket for db, the same until someone joins with it
+// (it carries a one-time invite), for <db>/.sync/ticket.
+func (n *Node) ReadTicket(db *engine.Database) (Ticket, error) {
+	n.mu.Lock()
+	if n.tickets == nil {
+		n.tickets = map[engine.ID]Ticket{}
+	}
+	t, ok := n.tickets[db.ID()]
+	n.mu.Unlock()
+	if ok && !n.state.inviteUsed(t.Invite) {
+		return t, nil
+	}
+	t, err := n.Share(db, engine.PermRead)
+	if err != nil {
+		return Ticket{}, err
+	}
+	n.mu.Lock()
+	n.tickets[db.ID()] = t
+	n.mu.Unlock()
+	return t, nil
 }

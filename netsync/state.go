@@ -301,3 +301,13 @@ func (s *State) redeem(db engine.ID, token []byte) (engine.Permission, error) {
 	}
 	return inv.Perm, nil
 }
+
+// inviteUsed reports whether the invite was redeemed (or is unknown).
+func (s *State) inviteUsed(token []byte) bool {
+	v, err := s.kv.Get(skey(sInvite, token))
+	if err != nil {
+		return true
+	}
+	var inv invite
+	return decMode.Unmarshal(v, &inv) != nil || inv.Used
+}

@@ -31,6 +31,8 @@ type nodeStatus struct {
 	PeersInactive int    `json:"peers_inactive"`
 	LastSync      string `json:"last_sync,omitempty"`
 	LastError     string `json:"last_error,omitempty"`
+	PendingPush   int    `json:"pending_push"`
+	RetryQueue    int    `json:"retry_queue"`
 	Commits       uint64 `json:"commits"`
 	Applied       uint64 `json:"applied"`
 	Rejected      uint64 `json:"rejected"`
@@ -59,6 +61,7 @@ func (v syncViews) status() nodeStatus {
 	if !lastSync.IsZero() {
 		s.LastSync = lastSync.UTC().Format(time.RFC3339)
 	}
+	s.PendingPush, s.RetryQueue = n.sync.Queues()
 	return s
 }
 
@@ -66,7 +69,7 @@ func (v syncViews) Status() []byte {
 	s := v.status()
 	var b strings.Builder
 	fmt.Fprintf(&b, "key: %s\nname: %s\nlisten: %s\nuptime: %ds\ndatabases: %d\n", s.Key, s.Name, s.Listen, s.UptimeSeconds, s.Databases)
-	fmt.Fprintf(&b, "peers_active: %d\npeers_inactive: %d\n", s.PeersActive, s.PeersInactive)
+	fmt.Fprintf(&b, "peers_active: %d\npeers_inactive: %d\npending_push: %d\nretry_queue: %d\n", s.PeersActive, s.PeersInactive, s.PendingPush, s.RetryQueue)
 	if s.LastSync != "" {
 		fmt.Fprintf(&b, "last_sync: %s\n", s.LastSync)
 	}
@@ -313,4 +316,17 @@ func (v syncViews) Wait(ctx context.Context, prefix string, n int) ([]byte, erro
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// DBTicket is a read-only share ticket for db, the same until someone joins with it.
+func (v syncViews) DBTicket(db engine.ID) []byte {
+	d, ok := v.n.inst.DatabaseByID(db)
+	if !ok {
+		return nil
+	}
+	t, err := v.n.sync.ReadTicket(d)
+	if err != nil {
+		return []byte("error: " + err.Error() + "\n")
+	}
+	return []byte(t.String() + "\n")
 }
