@@ -45,6 +45,13 @@ func TestSyncStatusFiles(t *testing.T) {
 	if err := json.Unmarshal([]byte(readFile(t, a.Path(".sync", "status.json"))), &js); err != nil || js["key"] != keyOf(a) || js["peers_active"] != 1.0 {
 		t.Errorf("status.json: %v %v", js, err)
 	}
+	requireTools(t, "jq")
+	if got := strings.TrimSpace(mustSh(t, a.Mount.Dir, `jq -r '.key + " " + (.peers_active|tostring)' .sync/status.json`)); got != keyOf(a)+" 1" {
+		t.Errorf("jq on status.json: %q", got)
+	}
+	if got := strings.TrimSpace(mustSh(t, a.Mount.Dir, `jq -r '.[0].stores[0]' notes/.sync/log.json`)); got != "todo" {
+		t.Errorf("jq on log.json: newest entry's first store %q, want todo", got)
+	}
 	// A directory per peer: info, addresses, status, databases, cursor, metadata, history.
 	if got := names(t, a.Path(".sync", "peers")); len(got) != 1 || got[0] != "b" {
 		t.Errorf("ls .sync/peers = %v, want [b]", got)
