@@ -18,6 +18,7 @@ import (
 // ids are in .sync/log.
 type atDir struct {
 	gofs.Inode
+	readOnlyDir
 	fsys *FS
 	db   engine.ID
 
@@ -66,6 +67,7 @@ func (a *atDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOu
 // snapDir is a directory in a snapshot: the database (store == "") or a map.
 type snapDir struct {
 	gofs.Inode
+	readOnlyDir
 	fsys  *FS
 	snap  *engine.Snapshot
 	db    engine.ID
@@ -129,23 +131,4 @@ func (s *snapDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 func (s *snapDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	s.fsys.setAttr(&out.Attr, syscall.S_IFDIR|0o555, 0, time.Now().UnixMilli())
 	return 0
-}
-
-// Both are read-only.
-func (a *atDir) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	return syscall.EROFS
-}
-func (s *snapDir) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	return syscall.EROFS
-}
-func (s *snapDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EROFS
-}
-func (s *snapDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	return nil, nil, 0, syscall.EROFS
-}
-func (s *snapDir) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EROFS }
-func (s *snapDir) Rmdir(ctx context.Context, name string) syscall.Errno  { return syscall.EROFS }
-func (s *snapDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
-	return syscall.EROFS
 }

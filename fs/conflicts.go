@@ -20,6 +20,7 @@ import (
 // the conflict: it disappears from here. Read-only (EROFS).
 type conflictsDir struct {
 	gofs.Inode
+	readOnlyDir
 	fsys   *FS
 	db     engine.ID
 	prefix []string // store, then path names
@@ -117,19 +118,4 @@ func (c *conflictsDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse
 	c.fsys.setAttr(&out.Attr, syscall.S_IFDIR|0o555, 0, time.Now().UnixMilli())
 	out.SetTimeout(0)
 	return 0
-}
-
-func (c *conflictsDir) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	return syscall.EROFS
-}
-func (c *conflictsDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EROFS
-}
-func (c *conflictsDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	return nil, nil, 0, syscall.EROFS
-}
-func (c *conflictsDir) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EROFS }
-func (c *conflictsDir) Rmdir(ctx context.Context, name string) syscall.Errno  { return syscall.EROFS }
-func (c *conflictsDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
-	return syscall.EROFS
 }

@@ -17,6 +17,7 @@ var peerFiles = []string{"info", "addresses", "status", "databases", "cursor", "
 // peersDir is <mnt>/.sync/peers (one directory per peer) or one peer's directory.
 type peersDir struct {
 	gofs.Inode
+	readOnlyDir
 	fsys *FS
 	peer string // "" for the list of peers
 }
@@ -69,19 +70,4 @@ func (p *peersDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 	p.fsys.setAttr(&out.Attr, syscall.S_IFDIR|0o555, 0, time.Now().UnixMilli())
 	out.SetTimeout(0)
 	return 0
-}
-
-func (p *peersDir) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	return syscall.EROFS
-}
-func (p *peersDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EROFS
-}
-func (p *peersDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	return nil, nil, 0, syscall.EROFS
-}
-func (p *peersDir) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EROFS }
-func (p *peersDir) Rmdir(ctx context.Context, name string) syscall.Errno  { return syscall.EROFS }
-func (p *peersDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
-	return syscall.EROFS
 }
