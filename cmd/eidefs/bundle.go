@@ -23,14 +23,10 @@ func newExportCmd(g *globals) *cobra.Command {
 		Short: "Write all entries of a database to stdout as a bundle",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withNode(g, func(n *node) error {
-				d, err := n.inst.Database(args[0])
-				if err != nil {
-					return err
-				}
+			return withDatabase(g, args[0], func(n *node, d *engine.Database) error {
 				w := bufio.NewWriter(cmd.OutOrStdout())
 				w.WriteString(bundleMagic)
-				err = d.Entries(0, func(_ engine.ID, raw []byte) bool {
+				err := d.Entries(0, func(_ engine.ID, raw []byte) bool {
 					w.Write(binary.AppendUvarint(nil, uint64(len(raw))))
 					w.Write(raw)
 					return true

@@ -27,6 +27,17 @@ func withNode(g *globals, fn func(n *node) error) error {
 	return fn(n)
 }
 
+// withDatabase runs fn with the database a command names.
+func withDatabase(g *globals, name string, fn func(n *node, d *engine.Database) error) error {
+	return withNode(g, func(n *node) error {
+		d, err := n.inst.Database(name)
+		if err != nil {
+			return err
+		}
+		return fn(n, d)
+	})
+}
+
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -119,11 +130,7 @@ func newDBCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return usageError{err}
 			}
-			return withNode(g, func(n *node) error {
-				d, err := n.inst.Database(args[0])
-				if err != nil {
-					return err
-				}
+			return withDatabase(g, args[0], func(n *node, d *engine.Database) error {
 				id, err := d.Grant(args[1], grantName, p)
 				if err != nil {
 					return err
@@ -323,11 +330,7 @@ func newLogCmd(g *globals) *cobra.Command {
 		Short: "One line per entry, newest first: id, height, time, author, stores",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withNode(g, func(n *node) error {
-				d, err := n.inst.Database(args[0])
-				if err != nil {
-					return err
-				}
+			return withDatabase(g, args[0], func(n *node, d *engine.Database) error {
 				out := cmd.OutOrStdout()
 				type js struct {
 					ID      string   `json:"id"`
@@ -339,7 +342,7 @@ func newLogCmd(g *globals) *cobra.Command {
 				}
 				var all []js
 				count := 0
-				err = d.Log(func(e engine.LogEntry) bool {
+				err := d.Log(func(e engine.LogEntry) bool {
 					t := time.UnixMilli(e.Time).UTC().Format(time.RFC3339Nano)
 					if g.json {
 						all = append(all, js{e.ID.String(), e.Height, t, e.Author.String(), orEmpty(e.Stores), idStrings(e.Parents, false)})
@@ -368,11 +371,7 @@ func newConflictsCmd(g *globals) *cobra.Command {
 		Short: "List writes that lost to concurrent writes of the same key",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withNode(g, func(n *node) error {
-				d, err := n.inst.Database(args[0])
-				if err != nil {
-					return err
-				}
+			return withDatabase(g, args[0], func(n *node, d *engine.Database) error {
 				out := cmd.OutOrStdout()
 				return d.Conflicts(func(c engine.Conflict) bool {
 					if c.Resolved && !all {
