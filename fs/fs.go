@@ -77,7 +77,7 @@ type FS struct {
 	done     chan struct{}
 
 	hideMu     sync.Mutex // serialises hidden deletes with unhide; taken before mu
-	mu         sync.Mutex // guards hidden, hiddenLocs, open and gens
+	mu         sync.Mutex // guards hidden, hiddenLocs, open, gens and opts.LocalOnly
 	hidden     map[string]*time.Timer
 	hiddenLocs map[string]loc
 	open       map[*fileNode]bool // nodes with content in memory
@@ -172,12 +172,22 @@ func (f *FS) FlushAll() {
 }
 
 func (f *FS) isLocalOnly(name string) bool {
-	for _, p := range f.opts.LocalOnly {
+	f.mu.Lock()
+	patterns := f.opts.LocalOnly
+	f.mu.Unlock()
+	for _, p := range patterns {
 		if ok, _ := filepath.Match(p, name); ok {
 			return true
 		}
 	}
 	return false
+}
+
+// SetLocalOnly replaces the local-only patterns (configuration reload).
+func (f *FS) SetLocalOnly(patterns []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.opts.LocalOnly = patterns
 }
 
 // ino derives a stable inode number from what a node is.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -345,5 +346,40 @@ func TestTicketFile(t *testing.T) {
 	status := readFile(t, a.Path(".sync", "status"))
 	if !strings.Contains(status, "pending_push: 0\n") || !strings.Contains(status, "retry_queue: 0\n") {
 		t.Errorf(".sync/status lacks pending_push/retry_queue:\n%s", status)
+	}
+}
+
+// TestConfigReload: editing eidefs.toml of a running mount (saved by rename, as
+// editors do) takes effect; a bad file is reported with line and column and the
+// running configuration is kept.
+func TestConfigReload(t *testing.T) {
+	m := mount(t, mountOpts{})
+	cfg := filepath.Join(m.Data, "eidefs.toml")
+	save := func(text string) {
+		tmp := cfg + ".new"
+		if err := os.WriteFile(tmp, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	key := "ed25519:zu25Lil7W8EJabpr83Im23YeyyIcTiv6BWSbnjuAzhw"
+	save("name = \"x\"\n[[peers]]\nkey = \"" + key + "\"\nname = \"far\"\naddresses = [\"127.0.0.1:7999\"]\n")
+	waitContent(t, 3*time.Second, m.Path(".sync", "peers", "far", "addresses"), "127.0.0.1:7999\n")
+	// The peer moves: the new address replaces the old one.
+	save("name = \"x\"\n[[peers]]\nkey = \"" + key + "\"\nname = \"far\"\naddresses = [\"127.0.0.1:7998\"]\n")
+	waitContent(t, 3*time.Second, m.Path(".sync", "peers", "far", "addresses"), "127.0.0.1:7998\n")
+	// A bad file: reported with file, line and column; the running one stays.
+	save("name = \"x\"\nlog_level = \"debug\"\nmax_value = \"lots\"\n")
+	deadline := time.Now().Add(3 * time.Second)
+	for !strings.Contains(m.output.String(), "eidefs.toml:3:1: max_value") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no line:column report of the bad configuration in the mount's log:\n%s", m.output.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := readFile(t, m.Path(".sync", "peers", "far", "addresses")); got != "127.0.0.1:7998\n" {
+		t.Errorf("after a bad file, the peer's address is %q", got)
 	}
 }

@@ -827,3 +827,18 @@ func (n *Node) ReadTicket(db *engine.Database) (Ticket, error) {
 	n.mu.Unlock()
 	return t, nil
 }
+
+// SetPeer makes a peer's name and addresses exactly these (configuration reload:
+// a peer whose address changed is dialled at the new one).
+func (n *Node) SetPeer(key engine.PublicKey, name string, addrs []string) error {
+	err := n.state.updatePeer(key, func(p *PeerInfo) {
+		if name != "" {
+			p.Name = name
+		}
+		p.Addrs = slices.Clone(addrs)
+	})
+	if err == nil && !n.o.Passive {
+		n.worker(key).requestFull(nil)
+	}
+	return err
+}

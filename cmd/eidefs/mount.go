@@ -53,6 +53,8 @@ func newMountCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("mounting %s: %w", dir, err)
 			}
+			stopWatch := watchConfig(n, log, fsys)
+			defer stopWatch()
 			log.Info("mounted", "dir", dir, "data", n.dir, "key", n.inst.Identity().Public().String(), "listen", strings.Join(n.sync.Addrs(), ","))
 
 			sigs := make(chan os.Signal, 1)
@@ -128,12 +130,20 @@ func detach(dir string) error {
 	return nil
 }
 
+// logLevel is the level of the daemon's logger; a configuration reload sets it.
+var logLevel slog.LevelVar
+
 func newLogger(level string) *slog.Logger {
+	setLogLevel(level)
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: &logLevel}))
+}
+
+func setLogLevel(level string) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		l = slog.LevelInfo
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+	logLevel.Set(l)
 }
 
 // limitMemory gives a long-running node a soft memory limit (unless GOMEMLIMIT is

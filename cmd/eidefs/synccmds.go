@@ -69,6 +69,7 @@ func newServeCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer stop()
+			defer watchConfig(n, log, nil)()
 			log.Info("serving", "listen", strings.Join(n.sync.Addrs(), ","), "key", n.inst.Identity().Public().String())
 			sigs := make(chan os.Signal, 1)
 			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
