@@ -383,3 +383,40 @@ func TestConfigReload(t *testing.T) {
 		t.Errorf("after a bad file, the peer's address is %q", got)
 	}
 }
+
+// TestUmountCommand: `eidefs umount DIR` ends a running mount; data written through
+// a descriptor still open is committed first.
+func TestUmountCommand(t *testing.T) {
+	m := mount(t, mountOpts{})
+	m.mustSh(t, `mkdir -p "$MNT/notes/todo"`)
+	f, err := os.OpenFile(m.Path("notes", "todo", "open"), os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("not closed yet\n"); err != nil {
+		t.Fatal(err)
+	}
+	if out := mustCLI(t, m.Data, "umount", m.Dir); !strings.Contains(out, "unmounting") {
+		t.Errorf("eidefs umount: %q", out)
+	}
+	f.Close()
+	select {
+	case <-m.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the mount did not end after eidefs umount")
+	}
+	m.stop.Do(func() { m.unregister() }) // it ended as it should: nothing to stop
+	if m.exitErr != nil {
+		t.Errorf("the mount exited with %v", m.exitErr)
+	}
+	if mounted(m.Dir) {
+		t.Errorf("%s still mounted", m.Dir)
+	}
+	if got := mustCLI(t, m.Data, "get", "notes", "todo", "open"); got != "not closed yet\n" {
+		t.Errorf("after umount, the open file's data: %q", got)
+	}
+	_, errOut, code := cli(t, m.Data, "umount", m.Dir)
+	if code != 1 || !strings.Contains(errOut, "no running eidefs mount") {
+		t.Errorf("umount with nothing running: exit %d %q", code, errOut)
+	}
+}

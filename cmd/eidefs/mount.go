@@ -59,6 +59,17 @@ func newMountCmd(g *globals) *cobra.Command {
 
 			sigs := make(chan os.Signal, 1)
 			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+			// `eidefs umount DIR`, run through the control socket, ends the mount as
+			// a signal does.
+			n.mu.Lock()
+			n.mountDir = dir
+			n.unmount = func() {
+				select {
+				case sigs <- syscall.SIGTERM:
+				default:
+				}
+			}
+			n.mu.Unlock()
 			unmounted := make(chan struct{})
 			go func() { fsys.Wait(); close(unmounted) }()
 			select {
@@ -179,4 +190,38 @@ func startDaemon(g *globals, listen []string) (n *node, log *slog.Logger, stop f
 		return nil, nil, nil, err
 	}
 	return n, log, func() { ctl.Close(); n.sync.Close(); n.Close() }, nil
+}
+
+func newUmountCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "umount DIR",
+		Short: "Unmount a running eidefs mount cleanly (its buffered writes are committed first)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir, err := filepath.Abs(args[0])
+			if err != nil {
+				return err
+			}
+			if n := g.node; n != nil {
+				n.mu.Lock()
+				stop, mounted := n.unmount, n.mountDir
+				n.mu.Unlock()
+				if stop == nil || mounted != dir {
+					return fmt.Errorf("the eidefs node of this data directory has no mount at %s (it is mounted at %q)", dir, mounted)
+				}
+				stop()
+				fmt.Fprintf(cmd.OutOrStdout(), "unmounting %s\n", dir)
+				return nil
+			}
+			// No running node for this data directory: only a dead mount can be here.
+			if _, err := os.Stat(dir); errors.Is(err, syscall.ENOTCONN) {
+				if err := detach(dir); err != nil {
+					return fmt.Errorf("cleaning up the dead mount at %s: %w", dir, err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "cleaned up the dead mount at %s\n", dir)
+				return nil
+			}
+			return fmt.Errorf("no running eidefs mount for data directory %s (is --data right?)", g.dataDir())
+		},
+	}
 }

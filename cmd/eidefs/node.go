@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/eidefs/eidefs/engine"
 	"github.com/eidefs/eidefs/kv"
@@ -78,6 +79,10 @@ type node struct {
 	kv   *kv.DB
 	inst *engine.Instance
 	sync *netsync.Node // running sync engine (mount, serve), or nil
+
+	mu       sync.Mutex // guards mountDir and unmount
+	mountDir string     // where a running mount is
+	unmount  func()     // ends a running mount
 }
 
 func openNode(g *globals) (*node, error) {
