@@ -151,3 +151,30 @@ func TestCLIBadConfig(t *testing.T) {
 		t.Fatalf("exit %d: %q", code, errs)
 	}
 }
+
+func TestCLIConfigPrecedence(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "a")
+	ok(t, dir, "init")
+	os.WriteFile(filepath.Join(dir, configFile), []byte("name = \"from-file\"\nlog_level = \"warn\"\n"), 0o600)
+	cmd := exec.Command(eidefsBin, "--data", dir, "config")
+	cmd.Env = append(os.Environ(), "EIDEFS_LOG_LEVEL=debug")
+	b, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := string(b)
+	for _, want := range []string{
+		`name =                 "from-file"`, "# file " + filepath.Join(dir, configFile),
+		`log_level =            "debug"`, "# environment EIDEFS_LOG_LEVEL",
+		`sync.periodic =        "5m0s"`, "# default",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("eidefs config lacks %q:\n%s", want, out)
+		}
+	}
+	cmd = exec.Command(eidefsBin, "--data", dir, "status")
+	cmd.Env = append(os.Environ(), "EIDEFS_NAME=from-env")
+	if b, err := cmd.Output(); err != nil || !strings.Contains(string(b), "name: from-env") {
+		t.Errorf("EIDEFS_NAME not applied: %q %v", b, err)
+	}
+}

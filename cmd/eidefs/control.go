@@ -97,7 +97,7 @@ func handleControl(n *node, conn net.Conn) error {
 }
 
 // localOnly are the commands that never go to a running node.
-var localOnly = []string{"init", "mount", "serve", "completion", "help", "__complete"}
+var localOnly = []string{"init", "mount", "serve", "config", "completion", "help", "__complete"}
 
 // forward runs args on the node serving the data directory, if one is running.
 // It reports false when there is none (or args must run here).

@@ -56,7 +56,7 @@ each store a subdirectory, each key a file.`,
 	root.AddCommand(
 		newInitCmd(g), newDBCmd(g), newSetCmd(g), newGetCmd(g), newLsCmd(g), newRmCmd(g),
 		newLogCmd(g), newConflictsCmd(g), newStatusCmd(g), newMountCmd(g),
-		newExportCmd(g), newImportCmd(g), newUmountCmd(g), newServeCmd(g), newPeerCmd(g), newSyncCmd(g), newDiscoverCmd(g),
+		newExportCmd(g), newImportCmd(g), newUmountCmd(g), newConfigCmd(g), newServeCmd(g), newPeerCmd(g), newSyncCmd(g), newDiscoverCmd(g),
 	)
 	return root
 }

@@ -94,6 +94,9 @@ func openNode(g *globals) (*node, error) {
 	if err != nil {
 		return nil, err
 	}
+	if _, err := applyEnv(&cfg); err != nil {
+		return nil, err
+	}
 	id, err := engine.LoadIdentity(filepath.Join(dir, keyFile))
 	if err != nil {
 		return nil, err

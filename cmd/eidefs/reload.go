@@ -59,6 +59,9 @@ func watchConfig(n *node, log *slog.Logger, fsys *fs.FS) (stop func()) {
 
 func reloadConfig(n *node, log *slog.Logger, fsys *fs.FS, path string, old Config) (Config, bool) {
 	cfg, err := loadConfig(path)
+	if err == nil {
+		_, err = applyEnv(&cfg) // the environment still wins over the file
+	}
 	if err != nil {
 		log.Error("configuration not reloaded; the running one is kept", "err", err)
 		return old, false
