@@ -420,3 +420,40 @@ func TestUmountCommand(t *testing.T) {
 		t.Errorf("umount with nothing running: exit %d %q", code, errOut)
 	}
 }
+
+// TestBackgroundMount: mount --background returns once the mount is ready, or fails
+// with the reason; the detached node is stopped with eidefs umount.
+func TestBackgroundMount(t *testing.T) {
+	requireFUSE(t)
+	base := t.TempDir()
+	data, dir := filepath.Join(base, "data"), filepath.Join(base, "mnt")
+	os.Mkdir(dir, 0o755)
+	t.Cleanup(func() {
+		if mounted(dir) {
+			cli(t, data, "umount", dir)
+			time.Sleep(500 * time.Millisecond)
+			forceUnmount(dir)
+		}
+	})
+	out := mustCLI(t, data, "mount", dir, "--background")
+	if !strings.HasPrefix(out, "mounted "+dir) || !mounted(dir) {
+		t.Fatalf("mount --background: %q, mounted %v", out, mounted(dir))
+	}
+	mustSh(t, dir, `mkdir notes && mkdir notes/todo && echo hi > notes/todo/x && cat notes/todo/x`)
+	mustCLI(t, data, "umount", dir)
+	deadline := time.Now().Add(10 * time.Second)
+	for mounted(dir) {
+		if time.Now().After(deadline) {
+			t.Fatal("still mounted after eidefs umount")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := mustCLI(t, data, "get", "notes", "todo", "x"); got != "hi\n" {
+		t.Errorf("after the background mount: %q", got)
+	}
+	// A failure is reported by the command itself, with the reason.
+	_, errOut, code := cli(t, data, "mount", filepath.Join(base, "missing"), "--background")
+	if code != 1 || !strings.Contains(errOut, "does not exist") {
+		t.Errorf("mount --background on a missing dir: exit %d %q", code, errOut)
+	}
+}

@@ -178,3 +178,13 @@ func TestCLIConfigPrecedence(t *testing.T) {
 		t.Errorf("EIDEFS_NAME not applied: %q %v", b, err)
 	}
 }
+
+func TestCLICompletion(t *testing.T) {
+	dir := t.TempDir()
+	for shell, want := range map[string]string{"bash": "complete -o default -F __start_eidefs eidefs", "zsh": "#compdef eidefs", "fish": "complete -c eidefs"} {
+		out, errs, code := run(t, dir, "completion", shell)
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("eidefs completion %s: exit %d, %q…, stderr %q; want it to contain %q", shell, code, out[:min(len(out), 80)], errs, want)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -18,7 +19,7 @@ import (
 )
 
 func newMountCmd(g *globals) *cobra.Command {
-	var debug bool
+	var debug, background bool
 	var listen []string
 	c := &cobra.Command{
 		Use:   "mount DIR",
@@ -31,6 +32,9 @@ func newMountCmd(g *globals) *cobra.Command {
 			}
 			if err := checkMountPoint(dir); err != nil {
 				return err
+			}
+			if background && os.Getenv(backgroundChild) == "" {
+				return startInBackground(cmd, g, dir)
 			}
 			// The control socket is up before the mount appears, so a script that waits
 			// for the mount can use the CLI at once.
@@ -89,6 +93,7 @@ func newMountCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVar(&debug, "debug", false, "log every FUSE request")
+	c.Flags().BoolVar(&background, "background", false, "detach, and return once the mount is ready (or has failed, with the reason)")
 	c.Flags().StringSliceVar(&listen, "listen", nil, "address to listen on for peers, e.g. 0.0.0.0:7400 (repeatable; default: listen in eidefs.toml)")
 	return c
 }
@@ -224,4 +229,66 @@ func newUmountCmd(g *globals) *cobra.Command {
 			return fmt.Errorf("no running eidefs mount for data directory %s (is --data right?)", g.dataDir())
 		},
 	}
+}
+
+// backgroundChild marks the detached process started by mount --background.
+const backgroundChild = "EIDEFS_BACKGROUND_CHILD"
+
+// startInBackground runs the same mount as a detached process logging to
+// <data>/eidefs.log, and returns once the mount appears, or with the child's
+// error if it exits first.
+func startInBackground(cmd *cobra.Command, g *globals, dir string) error {
+	if _, err := initDataDir(g.dataDir()); err != nil {
+		return err
+	}
+	logPath := filepath.Join(g.dataDir(), "eidefs.log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	child := exec.Command(self, os.Args[1:]...)
+	child.Env = append(os.Environ(), backgroundChild+"=1")
+	child.Stdout, child.Stderr = logf, logf
+	child.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	start, _ := logf.Seek(0, io.SeekEnd)
+	if err := child.Start(); err != nil {
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- child.Wait() }()
+	deadline := time.After(30 * time.Second)
+	for {
+		if isMounted(dir) {
+			fmt.Fprintf(cmd.OutOrStdout(), "mounted %s (pid %d, log %s)\n", dir, child.Process.Pid, logPath)
+			return nil
+		}
+		select {
+		case err := <-exited:
+			b, _ := os.ReadFile(logPath)
+			if int(start) <= len(b) {
+				b = b[start:]
+			}
+			return fmt.Errorf("mount failed (%v): %s", err, strings.TrimSpace(string(b)))
+		case <-deadline:
+			child.Process.Kill()
+			return fmt.Errorf("mount did not become ready within 30 s; see %s", logPath)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// isMounted reports whether dir is a mount point (in /proc/mounts).
+func isMounted(dir string) bool {
+	b, _ := os.ReadFile("/proc/mounts")
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[1] == dir {
+			return true
+		}
+	}
+	return false
 }
