@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -506,5 +509,48 @@ func TestDeadMountRecovery(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "cleaned up a dead mount") {
 		t.Errorf("no message about the dead mount:\n%s", out.String())
+	}
+}
+
+// TestMetrics scrapes the Prometheus endpoint with a real HTTP GET.
+func TestMetrics(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	m := mount(t, mountOpts{Config: map[string]string{"metrics_addr": strconv.Quote(addr)}})
+	scrape := func() map[string]float64 {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		out := map[string]float64{}
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			f := strings.Fields(sc.Text())
+			if len(f) == 2 && !strings.HasPrefix(f[0], "#") {
+				v, _ := strconv.ParseFloat(f[1], 64)
+				out[f[0]] = v
+			}
+		}
+		return out
+	}
+	before := scrape()["eidefs_commits_total"]
+	m.mustSh(t, `mkdir -p "$MNT/notes/todo" && echo a > "$MNT/notes/todo/a" && echo b > "$MNT/notes/todo/b"`)
+	after := scrape()
+	// root entry of notes + store + two files
+	if got := after["eidefs_commits_total"] - before; got != 4 {
+		t.Errorf("eidefs_commits_total rose by %v, want 4", got)
+	}
+	for _, name := range []string{"eidefs_databases", "eidefs_peers_active", "eidefs_push_pending", `eidefs_syncs_total{result="ok"}`, "process_resident_memory_bytes"} {
+		if _, ok := after[name]; !ok {
+			t.Errorf("metric %s missing", name)
+		}
+	}
+	if after["eidefs_databases"] != 1 {
+		t.Errorf("eidefs_databases = %v", after["eidefs_databases"])
 	}
 }

@@ -19,6 +19,8 @@ type Config struct {
 	LogLevel  string   `toml:"log_level"`
 	MaxValue  string   `toml:"max_value"`
 	LocalOnly []string `toml:"local_only"`
+	// MetricsAddr, if set, serves Prometheus metrics at http://MetricsAddr/metrics.
+	MetricsAddr string `toml:"metrics_addr"`
 
 	Cache struct {
 		Entry duration `toml:"entry_timeout"`

@@ -21,6 +21,7 @@ import (
 func newMountCmd(g *globals) *cobra.Command {
 	var debug, background bool
 	var listen []string
+	var metricsAddr string
 	c := &cobra.Command{
 		Use:   "mount DIR",
 		Short: "Mount the databases at DIR (runs in the foreground; Ctrl-C unmounts)",
@@ -38,7 +39,7 @@ func newMountCmd(g *globals) *cobra.Command {
 			}
 			// The control socket is up before the mount appears, so a script that waits
 			// for the mount can use the CLI at once.
-			n, log, stop, err := startDaemon(g, listen)
+			n, log, stop, err := startDaemon(g, listen, metricsAddr)
 			if err != nil {
 				return err
 			}
@@ -93,6 +94,7 @@ func newMountCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVar(&debug, "debug", false, "log every FUSE request")
+	c.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (default: metrics_addr in eidefs.toml)")
 	c.Flags().BoolVar(&background, "background", false, "detach, and return once the mount is ready (or has failed, with the reason)")
 	c.Flags().StringSliceVar(&listen, "listen", nil, "address to listen on for peers, e.g. 0.0.0.0:7400 (repeatable; default: listen in eidefs.toml)")
 	return c
@@ -174,7 +176,7 @@ func limitMemory() {
 // startDaemon opens the data directory and starts what every long-running node
 // runs: sync (on listen, else the configured addresses) and the control socket.
 // stop undoes it all.
-func startDaemon(g *globals, listen []string) (n *node, log *slog.Logger, stop func(), err error) {
+func startDaemon(g *globals, listen []string, metricsAddr string) (n *node, log *slog.Logger, stop func(), err error) {
 	if n, err = openNode(g); err != nil {
 		return nil, nil, nil, err
 	}
@@ -194,7 +196,19 @@ func startDaemon(g *globals, listen []string) (n *node, log *slog.Logger, stop f
 		n.Close()
 		return nil, nil, nil, err
 	}
-	return n, log, func() { ctl.Close(); n.sync.Close(); n.Close() }, nil
+	if metricsAddr == "" {
+		metricsAddr = n.cfg.MetricsAddr
+	}
+	stopMetrics := func() {}
+	if metricsAddr != "" {
+		if stopMetrics, err = serveMetrics(n, metricsAddr, log); err != nil {
+			ctl.Close()
+			n.sync.Close()
+			n.Close()
+			return nil, nil, nil, err
+		}
+	}
+	return n, log, func() { stopMetrics(); ctl.Close(); n.sync.Close(); n.Close() }, nil
 }
 
 func newUmountCmd(g *globals) *cobra.Command {

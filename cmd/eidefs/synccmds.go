@@ -59,12 +59,13 @@ func withSync(g *globals, listen bool, fn func(n *node) error) error {
 
 func newServeCmd(g *globals) *cobra.Command {
 	var listen []string
+	var metricsAddr string
 	c := &cobra.Command{
 		Use:   "serve",
 		Short: "Run this node's sync without a mount (foreground)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			n, log, stop, err := startDaemon(g, listen)
+			n, log, stop, err := startDaemon(g, listen, metricsAddr)
 			if err != nil {
 				return err
 			}
@@ -79,6 +80,7 @@ func newServeCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().StringSliceVar(&listen, "listen", nil, "address to listen on for peers, e.g. 0.0.0.0:7400 (repeatable; default: listen in eidefs.toml)")
+	c.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (default: metrics_addr in eidefs.toml)")
 	return c
 }
 
