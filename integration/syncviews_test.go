@@ -358,6 +358,7 @@ func TestTicketFile(t *testing.T) {
 // running configuration is kept.
 func TestConfigReload(t *testing.T) {
 	m := mount(t, mountOpts{})
+	m.mustSh(t, `mkdir -p "$MNT/notes/todo"`)
 	cfg := filepath.Join(m.Data, "eidefs.toml")
 	save := func(text string) {
 		tmp := cfg + ".new"
@@ -385,6 +386,21 @@ func TestConfigReload(t *testing.T) {
 	}
 	if got := readFile(t, m.Path(".sync", "peers", "far", "addresses")); got != "127.0.0.1:7998\n" {
 		t.Errorf("after a bad file, the peer's address is %q", got)
+	}
+	// The log level takes effect: at "error", the next reload's info line is not logged.
+	save("name = \"x\"\nlog_level = \"error\"\n")
+	time.Sleep(500 * time.Millisecond)
+	n := strings.Count(m.output.String(), "configuration reloaded")
+	save("name = \"x\"\nlog_level = \"error\"\nlocal_only = [\"*.bak\"]\n")
+	time.Sleep(500 * time.Millisecond)
+	if got := strings.Count(m.output.String(), "configuration reloaded"); got != n {
+		t.Errorf("at log_level error, an info line was still logged:\n%s", m.output.String())
+	}
+	// And the new local-only pattern is used: *.bak files stay out of the database.
+	before := commits(t, m, "notes")
+	writeFile(t, m.Path("notes", "todo", "x.bak"), "scratch")
+	if got := commits(t, m, "notes"); got != before {
+		t.Errorf("writing x.bak made %d commits; it matches the reloaded local_only", got-before)
 	}
 }
 

@@ -566,12 +566,13 @@ type worker struct {
 	n   *Node
 	key engine.PublicKey
 
-	mu      sync.Mutex // guards pending, full and all
-	pending map[engine.ID][]engine.ID
-	full    map[engine.ID]bool
-	all     bool // full sync of every shared database
-	revived bool // the peer reappeared: retry at once
-	waiting bool // failed and waiting for a retry (guarded by mu)
+	mu         sync.Mutex // guards pending, full and all
+	pending    map[engine.ID][]engine.ID
+	full       map[engine.ID]bool
+	all        bool // full sync of every shared database
+	revived    bool // the peer reappeared: retry at once
+	reschedule bool // the intervals changed
+	waiting    bool // failed and waiting for a retry (guarded by mu)
 
 	wake     chan struct{}
 	quit     chan struct{}
@@ -620,8 +621,9 @@ func (w *worker) run() {
 	failures := 0
 	var retryAt time.Time
 	clock := n.o.Clock
-	nextPeriodic := clock.Now().Add(n.o.Periodic)
-	nextHealth := clock.Now().Add(n.o.Health)
+	iv := n.Intervals()
+	nextPeriodic := clock.Now().Add(iv.Periodic)
+	nextHealth := clock.Now().Add(iv.Health)
 	for {
 		now := clock.Now()
 		wait := nextPeriodic.Sub(now)
@@ -639,11 +641,16 @@ func (w *worker) run() {
 			return
 		case <-w.wake:
 			w.mu.Lock()
-			revived := w.revived
-			w.revived = false
+			revived, resched := w.revived, w.reschedule
+			w.revived, w.reschedule = false, false
 			w.mu.Unlock()
 			if revived {
 				retryAt = time.Time{}
+			}
+			if resched { // new intervals: count from now
+				iv = n.Intervals()
+				nextPeriodic, nextHealth = clock.Now().Add(iv.Periodic), clock.Now().Add(iv.Health)
+				continue
 			}
 			if !retryAt.IsZero() && clock.Now().Before(retryAt) {
 				continue // failing peer: wait for the retry
@@ -653,10 +660,10 @@ func (w *worker) run() {
 		now = clock.Now()
 		if !now.Before(nextPeriodic) || (!retryAt.IsZero() && !now.Before(retryAt)) {
 			w.requestFull(nil)
-			nextPeriodic = now.Add(n.o.Periodic)
+			nextPeriodic = now.Add(iv.Periodic)
 		}
 		if !now.Before(nextHealth) {
-			nextHealth = now.Add(n.o.Health)
+			nextHealth = now.Add(iv.Health)
 			w.health()
 		}
 		if w.once() {
@@ -669,11 +676,11 @@ func (w *worker) run() {
 		failures++
 		// The first retry comes within a second (a connection that just closed is
 		// the usual cause); then Retry, doubling up to RetryCap.
-		backoff := min(time.Second, n.o.Retry)
+		backoff := min(time.Second, iv.Retry)
 		if failures > 1 {
-			backoff = n.o.Retry << min(failures-2, 16)
+			backoff = iv.Retry << min(failures-2, 16)
 		}
-		retryAt = clock.Now().Add(min(backoff, n.o.RetryCap))
+		retryAt = clock.Now().Add(min(backoff, iv.RetryCap))
 		w.mu.Lock()
 		w.waiting = true
 		w.mu.Unlock()
@@ -841,4 +848,45 @@ func (n *Node) SetPeer(key engine.PublicKey, name string, addrs []string) error 
 		n.worker(key).requestFull(nil)
 	}
 	return err
+}
+
+// Intervals are the background schedule's periods.
+type Intervals struct {
+	Periodic, Retry, RetryCap, Health time.Duration
+}
+
+// Intervals returns the current schedule.
+func (n *Node) Intervals() Intervals {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return Intervals{n.o.Periodic, n.o.Retry, n.o.RetryCap, n.o.Health}
+}
+
+// SetIntervals changes the schedule of a running node (configuration reload); zero
+// fields keep their value. Workers count the new periods from now.
+func (n *Node) SetIntervals(iv Intervals) {
+	n.mu.Lock()
+	if iv.Periodic > 0 {
+		n.o.Periodic = iv.Periodic
+	}
+	if iv.Retry > 0 {
+		n.o.Retry = iv.Retry
+	}
+	if iv.RetryCap > 0 {
+		n.o.RetryCap = iv.RetryCap
+	}
+	if iv.Health > 0 {
+		n.o.Health = iv.Health
+	}
+	ws := make([]*worker, 0, len(n.workers))
+	for _, w := range n.workers {
+		ws = append(ws, w)
+	}
+	n.mu.Unlock()
+	for _, w := range ws {
+		w.mu.Lock()
+		w.reschedule = true
+		w.mu.Unlock()
+		w.kick()
+	}
 }

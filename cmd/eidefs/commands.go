@@ -269,13 +269,24 @@ func newLsCmd(g *globals) *cobra.Command {
 					}
 					return nil
 				}
+				type js struct {
+					Name   string `json:"name"`
+					Kind   string `json:"kind"`
+					Size   int64  `json:"size"`
+					Time   string `json:"time"`
+					Author string `json:"author"`
+					Entry  string `json:"entry"`
+				}
+				all := []js{}
 				w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 				err = d.List(store, path, func(e engine.DirEntry) bool {
 					name := e.Name
 					if e.Kind == engine.OpMap {
 						name += "/"
 					}
-					if long {
+					if g.json {
+						all = append(all, js{e.Name, e.Kind.String(), e.Size, time.UnixMilli(e.Time).UTC().Format(time.RFC3339Nano), e.Author.String(), e.Entry.String()})
+					} else if long {
 						fmt.Fprintf(w, "%d\t%s\t%s\t%s\n", e.Size, time.UnixMilli(e.Time).Format("2006-01-02 15:04:05"), e.Author.Short(), name)
 					} else {
 						fmt.Fprintln(w, name)
@@ -285,11 +296,15 @@ func newLsCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("%s: %w", strings.Join(args, " "), err)
 				}
+				if g.json {
+					return printJSON(out, all)
+				}
 				return w.Flush()
 			})
 		},
 	}
 	c.Flags().BoolVarP(&long, "long", "l", false, "show size, time and author")
+	c.Flags().BoolVar(&g.json, "json", false, "print JSON (for keys)")
 	return c
 }
 
@@ -373,6 +388,30 @@ func newConflictsCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withDatabase(g, args[0], func(n *node, d *engine.Database) error {
 				out := cmd.OutOrStdout()
+				type js struct {
+					Key      string `json:"key"`
+					Loser    string `json:"loser"`
+					Author   string `json:"author"`
+					Time     string `json:"time"`
+					Op       string `json:"op"`
+					Value    string `json:"value"`
+					Winner   string `json:"winner"`
+					Resolved bool   `json:"resolved"`
+				}
+				if g.json {
+					list := []js{}
+					err := d.Conflicts(func(c engine.Conflict) bool {
+						if !c.Resolved || all {
+							list = append(list, js{c.Store + "/" + strings.Join(c.Path, "/"), c.Loser.String(), c.Author.String(),
+								time.UnixMilli(c.Time).UTC().Format(time.RFC3339Nano), c.Kind.String(), string(c.Value), c.Winner.String(), c.Resolved})
+						}
+						return true
+					})
+					if err != nil {
+						return err
+					}
+					return printJSON(out, list)
+				}
 				return d.Conflicts(func(c engine.Conflict) bool {
 					if c.Resolved && !all {
 						return true
@@ -389,20 +428,27 @@ func newConflictsCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVarP(&all, "all", "a", false, "include conflicts already resolved by a later write")
+	c.Flags().BoolVar(&g.json, "json", false, "print JSON")
 	return c
 }
 
 func newStatusCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	c := &cobra.Command{
 		Use:   "status",
 		Short: "Show this node's key, data directory and databases",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withNode(g, func(n *node) error {
 				out := cmd.OutOrStdout()
+				if g.json {
+					return printJSON(out, map[string]any{"key": n.inst.Identity().Public().String(), "name": n.cfg.Name, "data": n.dir,
+						"databases": len(n.inst.Databases()), "running": n.sync != nil})
+				}
 				fmt.Fprintf(out, "key: %s\nname: %s\ndata: %s\ndatabases: %d\n", n.inst.Identity().Public(), n.cfg.Name, n.dir, len(n.inst.Databases()))
 				return nil
 			})
 		},
 	}
+	c.Flags().BoolVar(&g.json, "json", false, "print JSON")
+	return c
 }

@@ -17,6 +17,7 @@ type Config struct {
 	Name      string   `toml:"name"`
 	Listen    []string `toml:"listen"`
 	LogLevel  string   `toml:"log_level"`
+	LogFormat string   `toml:"log_format"` // text or json
 	MaxValue  string   `toml:"max_value"`
 	LocalOnly []string `toml:"local_only"`
 	// MetricsAddr, if set, serves Prometheus metrics at http://MetricsAddr/metrics.
@@ -67,7 +68,7 @@ var defaultLocalOnly = []string{
 
 func defaultConfig() Config {
 	host, _ := os.Hostname()
-	c := Config{Name: host, LogLevel: "info", MaxValue: "64MiB", LocalOnly: defaultLocalOnly}
+	c := Config{Name: host, LogLevel: "info", LogFormat: "text", MaxValue: "64MiB", LocalOnly: defaultLocalOnly}
 	c.Cache.Entry.Duration = time.Second
 	c.Cache.Attr.Duration = time.Second
 	c.Sync.Periodic.Duration = 5 * time.Minute
@@ -105,6 +106,10 @@ func loadConfig(path string) (Config, error) {
 			line, col := findKey(string(b), "key")
 			return c, fmt.Errorf("%s:%d:%d: peers[%d]: %v", path, line, col, i, err)
 		}
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		line, col := findKey(string(b), "log_format")
+		return c, fmt.Errorf("%s:%d:%d: log_format: want text or json, not %q", path, line, col, c.LogFormat)
 	}
 	if _, err := parseSize(c.MaxValue); err != nil {
 		line, col := findKey(string(b), "max_value")

@@ -105,6 +105,7 @@ func newConfigCmd(g *globals) *cobra.Command {
 			line("name", cfg.Name)
 			line("listen", cfg.Listen)
 			line("log_level", cfg.LogLevel)
+			line("log_format", cfg.LogFormat)
 			line("max_value", cfg.MaxValue)
 			line("local_only", cfg.LocalOnly)
 			line("cache.entry_timeout", cfg.Cache.Entry.String())

@@ -151,9 +151,13 @@ func detach(dir string) error {
 // logLevel is the level of the daemon's logger; a configuration reload sets it.
 var logLevel slog.LevelVar
 
-func newLogger(level string) *slog.Logger {
+func newLogger(level, format string) *slog.Logger {
 	setLogLevel(level)
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: &logLevel}))
+	opts := &slog.HandlerOptions{Level: &logLevel}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
 func setLogLevel(level string) {
@@ -181,7 +185,7 @@ func startDaemon(g *globals, listen []string, metricsAddr string) (n *node, log 
 		return nil, nil, nil, err
 	}
 	limitMemory()
-	log = newLogger(n.cfg.LogLevel)
+	log = newLogger(n.cfg.LogLevel, n.cfg.LogFormat)
 	slog.SetDefault(log)
 	if len(listen) == 0 {
 		listen = n.cfg.Listen

@@ -8,6 +8,7 @@ import (
 
 	"github.com/eidefs/eidefs/engine"
 	"github.com/eidefs/eidefs/fs"
+	"github.com/eidefs/eidefs/netsync"
 	"github.com/fsnotify/fsnotify"
 )
 
@@ -84,8 +85,12 @@ func reloadConfig(n *node, log *slog.Logger, fsys *fs.FS, path string, old Confi
 	if fsys != nil && !slices.Equal(cfg.LocalOnly, old.LocalOnly) {
 		fsys.SetLocalOnly(cfg.LocalOnly)
 	}
-	if cfg.Sync != old.Sync || cfg.MaxValue != old.MaxValue || cfg.Cache != old.Cache || !slices.Equal(cfg.Listen, old.Listen) {
-		log.Info("configuration reloaded; listen, max_value, [cache] and [sync] intervals take effect at the next start")
+	if cfg.Sync != old.Sync && n.sync != nil {
+		n.sync.SetIntervals(netsync.Intervals{Periodic: cfg.Sync.Periodic.Duration, Retry: cfg.Sync.Retry.Duration,
+			RetryCap: cfg.Sync.RetryCap.Duration, Health: cfg.Sync.Health.Duration})
+	}
+	if cfg.MaxValue != old.MaxValue || cfg.Cache != old.Cache || !slices.Equal(cfg.Listen, old.Listen) || cfg.MetricsAddr != old.MetricsAddr {
+		log.Info("configuration reloaded; listen, max_value, metrics_addr and [cache] take effect at the next start")
 	}
 	log.Info("configuration reloaded", "file", path, "log_level", cfg.LogLevel, "peers", len(cfg.Peers))
 	return cfg, true
