@@ -40,6 +40,8 @@ type Options struct {
 	Debug bool
 	// Sync, if set, provides the sync views of <mnt>/.sync/.
 	Sync SyncViews
+	// Observe, if set, is told of FUSE requests (metrics).
+	Observe Observer
 }
 
 // SyncViews is what the filesystem shows of sync, provided by whoever runs sync
@@ -104,7 +106,7 @@ func Mount(dir string, o Options) (*FS, error) {
 	f.ctl = &ctlFile{fsys: f}
 	entry, attr := o.EntryTimeout, o.AttrTimeout
 	var neg time.Duration // no negative caching: a peer may create any name
-	server, err := gofs.Mount(dir, f.root, &gofs.Options{
+	gopts := &gofs.Options{
 		EntryTimeout:    &entry,
 		AttrTimeout:     &attr,
 		NegativeTimeout: &neg,
@@ -117,8 +119,18 @@ func Mount(dir string, o Options) (*FS, error) {
 			MaxWrite:    1 << 20,
 			Debug:       o.Debug,
 		},
-	})
+	}
+	// gofs.Mount's steps, so requests can be observed on their way in.
+	raw := gofs.NewNodeFS(f.root, gopts)
+	if o.Observe != nil {
+		raw = &observedFS{RawFileSystem: raw, observe: o.Observe}
+	}
+	server, err := fuse.NewServer(raw, dir, &gopts.MountOptions)
 	if err != nil {
+		return nil, err
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
 		return nil, err
 	}
 	f.server = server

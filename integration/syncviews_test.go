@@ -561,10 +561,14 @@ func TestMetrics(t *testing.T) {
 	if got := after["eidefs_commits_total"] - before; got != 4 {
 		t.Errorf("eidefs_commits_total rose by %v, want 4", got)
 	}
-	for _, name := range []string{"eidefs_databases", "eidefs_peers_active", "eidefs_push_pending", `eidefs_syncs_total{result="ok"}`, "process_resident_memory_bytes"} {
+	for _, name := range []string{"eidefs_databases", "eidefs_peers_active", "eidefs_push_pending", `eidefs_syncs_total{result="ok"}`, "process_resident_memory_bytes",
+		`eidefs_fuse_op_duration_seconds_count{op="create"}`, `eidefs_fuse_op_duration_seconds_count{op="mkdir"}`} {
 		if _, ok := after[name]; !ok {
 			t.Errorf("metric %s missing", name)
 		}
+	}
+	if got := after[`eidefs_fuse_op_duration_seconds_count{op="mkdir"}`]; got != 2 {
+		t.Errorf("mkdir requests counted: %v, want 2", got)
 	}
 	if after["eidefs_databases"] != 1 {
 		t.Errorf("eidefs_databases = %v", after["eidefs_databases"])

@@ -6,14 +6,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/eidefs/eidefs/netsync"
 )
 
 // serveMetrics exposes Prometheus metrics at http://addr/metrics: commits, entries
-// received, applied and rejected, kv writes, peers active, pushes pending, and per
-// sync the entries moved and its duration. stop closes the listener.
+// received, applied and rejected, kv writes, peers active, pushes pending, per sync
+// the entries moved and its duration, and per FUSE operation a latency histogram
+// (its _count is the number of requests) and an error count. stop closes the
+// listener.
 func serveMetrics(n *node, addr string, log *slog.Logger) (stop func(), err error) {
 	set := metrics.NewSet()
 	stats := func(f func() float64) func() float64 { return f }
@@ -48,6 +51,13 @@ func serveMetrics(n *node, addr string, log *slog.Logger) (stop func(), err erro
 		bytes.Add(h.Bytes)
 		took.Update(h.Duration.Seconds())
 	})
+
+	n.observe = func(op string, took time.Duration, failed bool) {
+		set.GetOrCreateHistogram(`eidefs_fuse_op_duration_seconds{op="` + op + `"}`).Update(took.Seconds())
+		if failed {
+			set.GetOrCreateCounter(`eidefs_fuse_op_errors_total{op="` + op + `"}`).Inc()
+		}
+	}
 
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

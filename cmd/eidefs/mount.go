@@ -54,6 +54,7 @@ func newMountCmd(g *globals) *cobra.Command {
 				StatfsDir:    n.dir,
 				Debug:        debug,
 				Sync:         syncViews{n: n, started: time.Now()},
+				Observe:      n.observe,
 			})
 			if err != nil {
 				return fmt.Errorf("mounting %s: %w", dir, err)

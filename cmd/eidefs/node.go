@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/eidefs/eidefs/engine"
+	"github.com/eidefs/eidefs/fs"
 	"github.com/eidefs/eidefs/kv"
 	"github.com/eidefs/eidefs/netsync"
 )
@@ -79,6 +80,8 @@ type node struct {
 	kv   *kv.DB
 	inst *engine.Instance
 	sync *netsync.Node // running sync engine (mount, serve), or nil
+
+	observe fs.Observer // FUSE request metrics, when metrics are served
 
 	mu       sync.Mutex // guards mountDir and unmount
 	mountDir string     // where a running mount is
