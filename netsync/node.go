@@ -71,6 +71,7 @@ type Node struct {
 	// listeners get every sync record as it happens (.sync/history).
 	listeners []func(HistoryRecord)
 	tickets   map[engine.ID]Ticket // read-only tickets shown in .sync/ticket
+	progress  func(peer engine.PublicKey, db engine.ID, done, total int)
 }
 
 // Start opens the transport and starts serving, pushing and syncing.
@@ -369,7 +370,14 @@ func (n *Node) SyncDB(ctx context.Context, key engine.PublicKey, db engine.ID) R
 		return n.finish(Result{Peer: key, DB: db, Started: time.Now(), Err: err})
 	}
 	stop := context.AfterFunc(ctx, func() { s.Close() })
-	res := n.p.sync(s, key, db, nil, nil)
+	n.mu.Lock()
+	report := n.progress
+	n.mu.Unlock()
+	var progress func(done, total int)
+	if report != nil {
+		progress = func(done, total int) { report(key, db, done, total) }
+	}
+	res := n.p.sync(s, key, db, nil, progress)
 	stop()
 	s.Close()
 	if res.Err == nil {
@@ -889,4 +897,12 @@ func (n *Node) SetIntervals(iv Intervals) {
 		w.mu.Unlock()
 		w.kick()
 	}
+}
+
+// OnProgress sets a function told, during each sync, how many of the announced
+// entries have been received (a progress bar for long syncs).
+func (n *Node) OnProgress(fn func(peer engine.PublicKey, db engine.ID, done, total int)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.progress = fn
 }

@@ -236,6 +236,28 @@ func newSyncCmd(g *globals) *cobra.Command {
 			return withSync(g, false, func(n *node) error {
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 				defer cancel()
+				if g.node == nil && isTerminal(os.Stderr) {
+					// A bar for each sync that brings many entries.
+					var bar *progressbar.ProgressBar
+					n.sync.OnProgress(func(_ engine.PublicKey, db engine.ID, done, total int) {
+						if total < 1000 {
+							return
+						}
+						if bar == nil {
+							name := db.Short()
+							if d, ok := n.inst.DatabaseByID(db); ok {
+								name = d.Name()
+							}
+							bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(os.Stderr),
+								progressbar.OptionSetDescription("syncing "+name), progressbar.OptionShowCount(),
+								progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionClearOnFinish())
+						}
+						bar.Set(done)
+						if done >= total {
+							bar = nil
+						}
+					})
+				}
 				var results []netsync.Result
 				if len(args) == 1 {
 					p, err := n.sync.FindPeer(args[0])
