@@ -460,6 +460,14 @@ func TestBackgroundMount(t *testing.T) {
 		t.Fatalf("mount --background: %q, mounted %v", out, mounted(dir))
 	}
 	mustSh(t, dir, `mkdir notes && mkdir notes/todo && echo hi > notes/todo/x && cat notes/todo/x`)
+	// A second background mount of the same data directory fails in the detached
+	// process; the command reports why.
+	other := filepath.Join(base, "other")
+	os.Mkdir(other, 0o755)
+	_, errOut, code := cli(t, data, "mount", other, "--background")
+	if code != 1 || !strings.Contains(errOut, "data directory is in use") || mounted(other) {
+		t.Errorf("second background mount: exit %d %q, mounted %v", code, errOut, mounted(other))
+	}
 	mustCLI(t, data, "umount", dir)
 	deadline := time.Now().Add(10 * time.Second)
 	for mounted(dir) {
@@ -472,7 +480,7 @@ func TestBackgroundMount(t *testing.T) {
 		t.Errorf("after the background mount: %q", got)
 	}
 	// A failure is reported by the command itself, with the reason.
-	_, errOut, code := cli(t, data, "mount", filepath.Join(base, "missing"), "--background")
+	_, errOut, code = cli(t, data, "mount", filepath.Join(base, "missing"), "--background")
 	if code != 1 || !strings.Contains(errOut, "does not exist") {
 		t.Errorf("mount --background on a missing dir: exit %d %q", code, errOut)
 	}
@@ -561,7 +569,7 @@ func TestMetrics(t *testing.T) {
 	if got := after["eidefs_commits_total"] - before; got != 4 {
 		t.Errorf("eidefs_commits_total rose by %v, want 4", got)
 	}
-	for _, name := range []string{"eidefs_databases", "eidefs_peers_active", "eidefs_push_pending", `eidefs_syncs_total{result="ok"}`, "process_resident_memory_bytes",
+	for _, name := range []string{"eidefs_databases", "eidefs_peers_active", "eidefs_push_pending", "eidefs_entries_received_total", "eidefs_entries_sent_total", `eidefs_syncs_total{result="ok"}`, "process_resident_memory_bytes",
 		`eidefs_fuse_op_duration_seconds_count{op="create"}`, `eidefs_fuse_op_duration_seconds_count{op="mkdir"}`} {
 		if _, ok := after[name]; !ok {
 			t.Errorf("metric %s missing", name)

@@ -84,6 +84,8 @@ type HistoryRecord struct {
 	Started  time.Time        `cbor:"4,keyasint" json:"started"`
 	Duration time.Duration    `cbor:"5,keyasint" json:"duration"`
 	Entries  int              `cbor:"6,keyasint" json:"entries"`
+	Received int              `cbor:"10,keyasint,omitempty" json:"received"`
+	Sent     int              `cbor:"11,keyasint,omitempty" json:"sent"`
 	Bytes    int              `cbor:"7,keyasint" json:"bytes"`
 	OK       bool             `cbor:"8,keyasint" json:"ok"`
 	Err      string           `cbor:"9,keyasint,omitempty" json:"error,omitempty"`
@@ -218,7 +220,7 @@ func (s *State) record(r Result, tip engine.ID) (HistoryRecord, error) {
 	s.mu.Unlock()
 	moved := r.Received + r.Sent
 	h := HistoryRecord{Seq: seq, Peer: r.Peer, DB: r.DB, Started: r.Started, Duration: r.Duration,
-		Entries: moved, Bytes: r.BytesIn + r.BytesOut, OK: r.Err == nil}
+		Entries: moved, Received: r.Received, Sent: r.Sent, Bytes: r.BytesIn + r.BytesOut, OK: r.Err == nil}
 	if r.Err != nil {
 		h.Err = r.Err.Error()
 	}

@@ -39,6 +39,8 @@ func serveMetrics(n *node, addr string, log *slog.Logger) (stop func(), err erro
 	syncs := set.NewCounter(`eidefs_syncs_total{result="ok"}`)
 	failed := set.NewCounter(`eidefs_syncs_total{result="failed"}`)
 	moved := set.NewCounter("eidefs_sync_entries_total")
+	received := set.NewCounter("eidefs_entries_received_total")
+	sent := set.NewCounter("eidefs_entries_sent_total")
 	bytes := set.NewCounter("eidefs_sync_bytes_total")
 	took := set.NewHistogram("eidefs_sync_duration_seconds")
 	n.sync.OnHistory(func(h netsync.HistoryRecord) {
@@ -48,6 +50,8 @@ func serveMetrics(n *node, addr string, log *slog.Logger) (stop func(), err erro
 			failed.Inc()
 		}
 		moved.Add(h.Entries)
+		received.Add(h.Received)
+		sent.Add(h.Sent)
 		bytes.Add(h.Bytes)
 		took.Update(h.Duration.Seconds())
 	})

@@ -143,7 +143,7 @@ func newJoinCmd(g *globals) *cobra.Command {
 				// A progress bar when a person watches (a join run by a running mount
 				// through the control socket has no terminal).
 				var progress func(done, total int)
-				if g.node == nil && isTerminal(os.Stderr) {
+				if g.node == nil && isTerminal(os.Stdout) && isTerminal(os.Stderr) {
 					var bar *progressbar.ProgressBar
 					progress = func(done, total int) {
 						if bar == nil {
@@ -236,7 +236,7 @@ func newSyncCmd(g *globals) *cobra.Command {
 			return withSync(g, false, func(n *node) error {
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 				defer cancel()
-				if g.node == nil && isTerminal(os.Stderr) {
+				if g.node == nil && isTerminal(os.Stdout) && isTerminal(os.Stderr) {
 					// A bar for each sync that brings many entries.
 					var bar *progressbar.ProgressBar
 					n.sync.OnProgress(func(_ engine.PublicKey, db engine.ID, done, total int) {
