@@ -253,18 +253,10 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	}
 	cl := l.child(name)
 	removed := false
-	if ch, fn := overlayChild(d.EmbeddedInode(), name); ch != nil {
-		fn.mu.Lock()
-		local := fn.local
-		fn.local, fn.pending = false, false
-		if fn.cur != nil {
-			fn.cur.dirty = false
-		}
-		fn.mu.Unlock()
-		if local {
-			ch.ForgetPersistent()
+	if ch, _ := overlayChild(d.EmbeddedInode(), name); ch != nil {
+		if d.fsys.dropOverlay(d.EmbeddedInode(), name) {
 			d.fsys.retire(d.EmbeddedInode(), name)
-			return 0
+			return 0 // local-only: never stored
 		}
 		removed = true
 	}
@@ -362,7 +354,12 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 }
 
 func (d *dirNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	l, errno := d.fsys.locate(d.EmbeddedInode())
+	return d.fsys.storedAttr(d.EmbeddedInode(), modeDir, out)
+}
+
+// storedAttr fills out the attributes of the stored node in (a directory's size is 0).
+func (f *FS) storedAttr(in *gofs.Inode, mode uint32, out *fuse.AttrOut) syscall.Errno {
+	l, errno := f.locate(in)
 	if errno != 0 {
 		return errno
 	}
@@ -370,7 +367,11 @@ func (d *dirNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Attr
 	if err != nil {
 		return toErrno(err)
 	}
-	d.fsys.setAttr(&out.Attr, modeDir, 0, n.Time)
+	size := n.Size
+	if mode == modeDir {
+		size = 0
+	}
+	f.setAttr(&out.Attr, mode, size, n.Time)
 	return 0
 }
 
@@ -614,20 +615,24 @@ func (f *FS) dirEntry(parent *gofs.Inode, l loc, name string) (engine.Node, bool
 	return n, err == nil
 }
 
-// dropOverlay discards an in-memory file about to be replaced by a rename.
-func (f *FS) dropOverlay(parent *gofs.Inode, name string) {
-	if ch, fn := overlayChild(parent, name); ch != nil {
-		fn.mu.Lock()
-		local := fn.local
-		fn.local, fn.pending = false, false
-		if fn.cur != nil {
-			fn.cur.dirty = false
-		}
-		fn.mu.Unlock()
-		if local {
-			ch.ForgetPersistent()
-		}
+// dropOverlay discards the in-memory file called name in parent (unlinked, or about
+// to be replaced by a rename) and reports whether it was local-only.
+func (f *FS) dropOverlay(parent *gofs.Inode, name string) bool {
+	ch, fn := overlayChild(parent, name)
+	if ch == nil {
+		return false
 	}
+	fn.mu.Lock()
+	local := fn.local
+	fn.local, fn.pending = false, false
+	if fn.cur != nil {
+		fn.cur.dirty = false
+	}
+	fn.mu.Unlock()
+	if local {
+		ch.ForgetPersistent()
+	}
+	return local
 }
 
 // walk calls fn for every visible node below the map at l, with values, parents

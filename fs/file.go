@@ -115,16 +115,7 @@ func (n *fileNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		return 0
 	}
 	n.mu.Unlock()
-	l, errno := n.fsys.locate(n.EmbeddedInode())
-	if errno != 0 {
-		return errno
-	}
-	node, err := l.db.Stat(l.store, l.path)
-	if err != nil {
-		return toErrno(err)
-	}
-	n.fsys.setAttr(&out.Attr, modeFile, node.Size, node.Time)
-	return 0
+	return n.fsys.storedAttr(n.EmbeddedInode(), modeFile, out)
 }
 
 // keepOpen loads the content of an open file about to lose its name (unlink, or
@@ -420,16 +411,7 @@ func (n *linkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 }
 
 func (n *linkNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	l, errno := n.fsys.locate(n.EmbeddedInode())
-	if errno != 0 {
-		return errno
-	}
-	node, err := l.db.Stat(l.store, l.path)
-	if err != nil {
-		return toErrno(err)
-	}
-	n.fsys.setAttr(&out.Attr, modeLink, node.Size, node.Time)
-	return 0
+	return n.fsys.storedAttr(n.EmbeddedInode(), modeLink, out)
 }
 
 func (n *linkNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
