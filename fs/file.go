@@ -446,8 +446,9 @@ func (n *fileNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
 
 func (n *fileNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
 	var list []byte
+	attrs := n.fsys.keyXattrs(n.EmbeddedInode()) // one stat, not one per name
 	for _, name := range xattrNames {
-		if _, ok := n.fsys.keyXattrs(n.EmbeddedInode())[name]; ok {
+		if _, ok := attrs[name]; ok {
 			list = append(append(list, name...), 0)
 		}
 	}

@@ -283,15 +283,7 @@ func newSyncCmd(g *globals) *cobra.Command {
 				}
 				var out []js
 				for _, r := range results {
-					peerName := r.Peer.Short()
-					if p, ok := n.sync.State().Peer(r.Peer); ok {
-						peerName = p.Name
-					}
-					dbName := r.DB.Short()
-					if d, ok := n.inst.DatabaseByID(r.DB); ok {
-						dbName = d.Name()
-					}
-					j := js{Peer: peerName, DB: dbName, Received: r.Received, Sent: r.Sent, Seconds: r.Duration.Seconds()}
+					j := js{Peer: n.peerName(r.Peer), DB: n.dbName(r.DB), Received: r.Received, Sent: r.Sent, Seconds: r.Duration.Seconds()}
 					if r.Err != nil {
 						failed++
 						j.Error = r.Err.Error()
@@ -348,4 +340,20 @@ func newDiscoverCmd(g *globals) *cobra.Command {
 	}
 	c.Flags().BoolVar(&g.json, "json", false, "print JSON")
 	return c
+}
+
+// peerName is a peer's name, or a short form of its key if it is not known.
+func (n *node) peerName(k engine.PublicKey) string {
+	if p, ok := n.sync.State().Peer(k); ok {
+		return p.Name
+	}
+	return k.Short()
+}
+
+// dbName is this node's name for a database, or a short form of its id.
+func (n *node) dbName(id engine.ID) string {
+	if d, ok := n.inst.DatabaseByID(id); ok {
+		return d.Name()
+	}
+	return id.Short()
 }

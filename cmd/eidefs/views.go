@@ -107,12 +107,7 @@ func (v syncViews) PeerFile(name, file string) ([]byte, bool) {
 		}
 		return t.UTC().Format(time.RFC3339)
 	}
-	dbName := func(id engine.ID) string {
-		if d, ok := v.n.inst.DatabaseByID(id); ok {
-			return d.Name()
-		}
-		return id.Short()
-	}
+	dbName := v.n.dbName
 	var b strings.Builder
 	switch file {
 	case "info":
@@ -177,11 +172,7 @@ func (v syncViews) History() []byte {
 	}
 	var b strings.Builder
 	for _, h := range recs {
-		db := h.DB.Short()
-		if d, ok := v.n.inst.DatabaseByID(h.DB); ok {
-			db = d.Name()
-		}
-		b.WriteString(historyLine(h, names[h.Peer], db))
+		b.WriteString(historyLine(h, names[h.Peer], v.n.dbName(h.DB)))
 	}
 	return []byte(b.String())
 }
@@ -211,14 +202,7 @@ func (v syncViews) Control(cmd string) (string, error) {
 		var b strings.Builder
 		failed := 0
 		for _, r := range results {
-			name := r.Peer.Short()
-			if p, ok := n.sync.State().Peer(r.Peer); ok {
-				name = p.Name
-			}
-			db := r.DB.Short()
-			if d, ok := n.inst.DatabaseByID(r.DB); ok {
-				db = d.Name()
-			}
+			name, db := n.peerName(r.Peer), n.dbName(r.DB)
 			if r.Err != nil {
 				failed++
 				fmt.Fprintf(&b, "%s %s: failed: %v\n", name, db, r.Err)
