@@ -26,12 +26,16 @@ type Options struct {
 	KV       *kv.DB // the instance's store; sync state lives under its own prefix
 	Name     string
 	Listen   []string
-	Peers    []PeerConfig
-	Periodic time.Duration // full sync with every peer [5m]
-	Retry    time.Duration // first retry after a failure [30s], doubling
-	RetryCap time.Duration // longest wait between retries [5m]
-	Health   time.Duration // peer health check [60s]
-	Log      *slog.Logger
+	// Advertise are the addresses peers are told to reach this node at (hello,
+	// tickets) when they differ from Listen: a port forwarded by a router, a
+	// proxy in front of the node. Empty: the listening addresses.
+	Advertise []string
+	Peers     []PeerConfig
+	Periodic  time.Duration // full sync with every peer [5m]
+	Retry     time.Duration // first retry after a failure [30s], doubling
+	RetryCap  time.Duration // longest wait between retries [5m]
+	Health    time.Duration // peer health check [60s]
+	Log       *slog.Logger
 	// Passive nodes only answer and do what they are asked (a one-off CLI command):
 	// no pushes, periodic syncs or health checks.
 	Passive bool
@@ -105,7 +109,7 @@ func Start(o Options) (*Node, error) {
 	n := &Node{o: o, inst: o.Instance, state: st, tr: tr, log: o.Log,
 		conns: map[engine.PublicKey][]*Conn{}, workers: map[engine.PublicKey]*worker{}}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	n.p = &proto{inst: n.inst, name: o.Name, addrs: tr.Addrs, learned: n.learned, redeem: st.redeem,
+	n.p = &proto{inst: n.inst, name: o.Name, addrs: n.Advertised, learned: n.learned, redeem: st.redeem,
 		rejected: func(k engine.PublicKey, c int) {
 			st.updatePeer(k, func(p *PeerInfo) { p.Rejected += uint64(c) })
 		}}
@@ -138,6 +142,14 @@ func (n *Node) Close() error {
 
 // Addrs are the addresses this node listens on.
 func (n *Node) Addrs() []string { return n.tr.Addrs() }
+
+// Advertised returns the addresses peers are told to reach this node at.
+func (n *Node) Advertised() []string {
+	if len(n.o.Advertise) > 0 {
+		return slices.Clone(n.o.Advertise)
+	}
+	return n.tr.Addrs()
+}
 
 // State is the persistent sync state.
 func (n *Node) State() *State { return n.state }
@@ -504,7 +516,7 @@ func (n *Node) Share(db *engine.Database, perm engine.Permission) (Ticket, error
 	if s.Permission(n.inst.Identity().Public()) < engine.PermAdmin {
 		return Ticket{}, fmt.Errorf("%w: only an admin of %q can share it", ErrNotAuthorized, db.Name())
 	}
-	addrs := n.Addrs()
+	addrs := n.Advertised()
 	if len(n.o.Listen) == 0 {
 		return Ticket{}, errors.New("this node does not listen for peers; start it with --listen (or set listen in eidefs.toml)")
 	}

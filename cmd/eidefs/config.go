@@ -14,8 +14,10 @@ import (
 
 // Config is eidefs.toml. Every key, with its default, is in eidefs.toml.example.
 type Config struct {
-	Name      string   `toml:"name"`
-	Listen    []string `toml:"listen"`
+	Name   string   `toml:"name"`
+	Listen []string `toml:"listen"`
+	// Advertise, if set, are the addresses peers are told instead of Listen.
+	Advertise []string `toml:"advertise"`
 	LogLevel  string   `toml:"log_level"`
 	LogFormat string   `toml:"log_format"` // text or json
 	MaxValue  string   `toml:"max_value"`

@@ -15,7 +15,8 @@ import (
 // environment variables cover the scalar keys people set per run.
 var envKeys = map[string]string{
 	"name":      "EIDEFS_NAME",
-	"listen":    "EIDEFS_LISTEN", // comma-separated
+	"listen":    "EIDEFS_LISTEN",    // comma-separated
+	"advertise": "EIDEFS_ADVERTISE", // comma-separated
 	"log_level": "EIDEFS_LOG_LEVEL",
 	"max_value": "EIDEFS_MAX_VALUE",
 }
@@ -33,12 +34,9 @@ func applyEnv(c *Config) (map[string]bool, error) {
 		case "name":
 			c.Name = v
 		case "listen":
-			c.Listen = nil
-			for _, a := range strings.Split(v, ",") {
-				if a = strings.TrimSpace(a); a != "" {
-					c.Listen = append(c.Listen, a)
-				}
-			}
+			c.Listen = splitList(v)
+		case "advertise":
+			c.Advertise = splitList(v)
 		case "log_level":
 			c.LogLevel = v
 		case "max_value":
@@ -49,6 +47,17 @@ func applyEnv(c *Config) (map[string]bool, error) {
 		}
 	}
 	return set, nil
+}
+
+// splitList splits a comma-separated environment value, dropping empty items.
+func splitList(v string) []string {
+	var out []string
+	for _, a := range strings.Split(v, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 func newConfigCmd(g *globals) *cobra.Command {
@@ -104,6 +113,7 @@ func newConfigCmd(g *globals) *cobra.Command {
 			}
 			line("name", cfg.Name)
 			line("listen", cfg.Listen)
+			line("advertise", cfg.Advertise)
 			line("log_level", cfg.LogLevel)
 			line("log_format", cfg.LogFormat)
 			line("max_value", cfg.MaxValue)

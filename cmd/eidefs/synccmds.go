@@ -27,7 +27,7 @@ func (n *node) startSync(listen []string, passive bool, log *slog.Logger) error 
 		peers = append(peers, netsync.PeerConfig{Key: k, Name: p.Name, Addrs: p.Addresses})
 	}
 	s, err := netsync.Start(netsync.Options{
-		Instance: n.inst, KV: n.kv, Name: n.cfg.Name, Listen: listen, Peers: peers,
+		Instance: n.inst, KV: n.kv, Name: n.cfg.Name, Listen: listen, Advertise: n.cfg.Advertise, Peers: peers,
 		Periodic: n.cfg.Sync.Periodic.Duration, Retry: n.cfg.Sync.Retry.Duration,
 		RetryCap: n.cfg.Sync.RetryCap.Duration, Health: n.cfg.Sync.Health.Duration,
 		Log: log, Passive: passive,
