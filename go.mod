@@ -5,6 +5,7 @@ go 1.26.8
 require github.com/syndtr/goleveldb v1.0.1-0.20220721030215-126854af5e6d
 
 require (
+	filippo.io/edwards25519 v1.2.0 // indirect
 	github.com/BurntSushi/toml v1.6.0 // indirect
 	github.com/VictoriaMetrics/metrics v1.45.0 // indirect
 	github.com/fsnotify/fsnotify v1.10.1 // indirect

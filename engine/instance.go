@@ -331,24 +331,47 @@ type decoded struct {
 	err error
 }
 
-// decodeAll decodes and verifies entries on all cores: signature checks are most
-// of the cost of applying foreign entries.
+// decodeAll decodes and verifies entries on all cores, each checking the
+// signatures of its share in batches: signature checks are most of the cost of
+// applying foreign entries.
 func decodeAll(raws [][]byte) []decoded {
 	ds := make([]decoded, len(raws))
 	workers := min(runtime.GOMAXPROCS(0), (len(raws)+15)/16)
+	per := (len(raws) + workers - 1) / max(workers, 1)
 	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
+	for start := 0; start < len(raws); start += per {
 		wg.Add(1)
-		go func() {
+		go func(part []decoded, raws [][]byte) {
 			defer wg.Done()
-			for i := w; i < len(raws); i += workers {
-				e, id, err := DecodeEntry(raws[i])
-				ds[i] = decoded{raw: raws[i], e: e, id: id, err: err}
-			}
-		}()
+			decodeShare(part, raws)
+		}(ds[start:min(start+per, len(raws))], raws[start:min(start+per, len(raws))])
 	}
 	wg.Wait()
 	return ds
+}
+
+func decodeShare(ds []decoded, raws [][]byte) {
+	jobs := make([]sigJob, 0, len(raws))
+	var at []int
+	for i, raw := range raws {
+		ds[i].raw = raw
+		e, err := parseEntry(raw)
+		if err != nil {
+			ds[i].err = err
+			continue
+		}
+		ds[i].e = e
+		jobs = append(jobs, sigJob{pub: &e.Author, msg: signedDigest(withoutSig(raw)), sig: e.Sig})
+		at = append(at, i)
+	}
+	for n, ok := range verifyBatch(jobs) {
+		d := &ds[at[n]]
+		if !ok {
+			d.e, d.err = nil, errBadSignature
+			continue
+		}
+		d.id = hashID(d.raw)
+	}
 }
 
 // do hands r to the writer and waits for its result. There is no writer goroutine:
