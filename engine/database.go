@@ -149,18 +149,18 @@ func (d *Database) CanWrite() bool {
 
 // Get returns the visible state of path in store, with its value.
 func (d *Database) Get(store string, path []string) (Node, error) {
-	return readNode(d.in.kv, d.id, store, path, true)
+	return readNode(d.in.kv, &d.in.maps, d.id, store, path, true)
 }
 
 // Stat is Get without reading the value.
 func (d *Database) Stat(store string, path []string) (Node, error) {
-	return readNode(d.in.kv, d.id, store, path, false)
+	return readNode(d.in.kv, &d.in.maps, d.id, store, path, false)
 }
 
 // List calls fn for each visible child of the map at path in store, by name,
 // until fn returns false.
 func (d *Database) List(store string, path []string, fn func(DirEntry) bool) error {
-	return listDir(d.in.kv, d.id, store, path, fn)
+	return listDir(d.in.kv, &d.in.maps, d.id, store, path, fn)
 }
 
 // Stores lists the visible stores.

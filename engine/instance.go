@@ -60,6 +60,7 @@ type Instance struct {
 	names map[string]ID
 
 	subs subscribers
+	maps mapCache // ancestors' records for reads
 
 	// Owned by the leader (see do).
 	pending map[ID]*pendingEntry
@@ -439,6 +440,7 @@ func (in *Instance) process(batch []*request) {
 		sync = sync || r.sync
 	}
 	err := g.flush(sync)
+	in.maps.invalidate() // also on failure: what reached the store is unknown
 	if err == nil {
 		in.mu.Lock()
 		for id, st := range g.dbs {

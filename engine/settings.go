@@ -95,7 +95,7 @@ func revokeOps(key string) []Op {
 func readSettings(r kv.Reader, db ID) (*Settings, error) {
 	s := &Settings{Keys: map[string]KeyAuth{}}
 	str := func(path ...string) string {
-		n, err := readNode(r, db, SettingsStore, path, true)
+		n, err := readNode(r, nil, db, SettingsStore, path, true)
 		if err != nil || n.Kind != OpValue {
 			return ""
 		}
@@ -104,7 +104,7 @@ func readSettings(r kv.Reader, db ID) (*Settings, error) {
 	s.Name = str("name")
 	s.Description = str("description")
 	var keys []string
-	err := listDir(r, db, SettingsStore, []string{"auth"}, func(d DirEntry) bool {
+	err := listDir(r, nil, db, SettingsStore, []string{"auth"}, func(d DirEntry) bool {
 		if d.Kind == OpMap {
 			keys = append(keys, d.Name)
 		}

@@ -75,7 +75,7 @@ func (d *Database) At(id ID) (*Snapshot, error) {
 		if st == SettingsStore {
 			continue
 		}
-		if n, err := readNode(snap.r, d.id, st, nil, false); err == nil && n.Kind == OpMap {
+		if n, err := readNode(snap.r, nil, d.id, st, nil, false); err == nil && n.Kind == OpMap {
 			snap.stores = append(snap.stores, st)
 		}
 	}
@@ -101,12 +101,12 @@ func (s *Snapshot) Stores() []string { return s.stores }
 
 // Get is Database.Get in the snapshot.
 func (s *Snapshot) Get(store string, path []string) (Node, error) {
-	return readNode(s.r, s.db, store, path, true)
+	return readNode(s.r, nil, s.db, store, path, true)
 }
 
 // List is Database.List in the snapshot.
 func (s *Snapshot) List(store string, path []string, fn func(DirEntry) bool) error {
-	return listDir(s.r, s.db, store, path, fn)
+	return listDir(s.r, nil, s.db, store, path, fn)
 }
 
 // FindEntry returns the database's entry whose hex id starts with prefix (at least

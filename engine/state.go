@@ -231,11 +231,12 @@ func (r *pathRec) node() Node {
 // resolve walks from the store root to path and returns the path's record if it is
 // visible, plus the largest override on the way (inclusive), which hides anything
 // older below it.
-func resolve(r kv.Reader, db ID, store string, path []string) (*pathRec, order, error) {
+// Ancestors' records come from cache when one is given (reads of the live store).
+func resolve(r kv.Reader, cache *mapCache, db ID, store string, path []string) (*pathRec, order, error) {
 	var maxOv order
 	var rec *pathRec
 	for i := 0; i <= len(path); i++ {
-		next, err := getPathRec(r, pathKey(pPath, db, store, path[:i]))
+		next, err := getAncestorRec(r, cache, pathKey(pPath, db, store, path[:i]), i < len(path))
 		if err != nil {
 			return nil, maxOv, err
 		}
@@ -253,8 +254,24 @@ func resolve(r kv.Reader, db ID, store string, path []string) (*pathRec, order, 
 	return rec, maxOv, nil
 }
 
-func readNode(r kv.Reader, db ID, store string, path []string, withValue bool) (Node, error) {
-	rec, _, err := resolve(r, db, store, path)
+// getAncestorRec is getPathRec through cache for a map on the way to a key.
+func getAncestorRec(r kv.Reader, cache *mapCache, k []byte, ancestor bool) (*pathRec, error) {
+	if cache == nil || !ancestor {
+		return getPathRec(r, k)
+	}
+	rec, gen := cache.get(k)
+	if rec != nil {
+		return rec, nil
+	}
+	rec, err := getPathRec(r, k)
+	if err == nil && rec != nil && rec.K == OpMap {
+		cache.put(k, rec, gen)
+	}
+	return rec, err
+}
+
+func readNode(r kv.Reader, cache *mapCache, db ID, store string, path []string, withValue bool) (Node, error) {
+	rec, _, err := resolve(r, cache, db, store, path)
 	if err != nil {
 		return Node{}, err
 	}
@@ -278,8 +295,8 @@ type DirEntry struct {
 	Node
 }
 
-func listDir(r kv.Reader, db ID, store string, dir []string, fn func(DirEntry) bool) error {
-	rec, maxOv, err := resolve(r, db, store, dir)
+func listDir(r kv.Reader, cache *mapCache, db ID, store string, dir []string, fn func(DirEntry) bool) error {
+	rec, maxOv, err := resolve(r, cache, db, store, dir)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package fs
 import (
 	"bytes"
 	"context"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -426,6 +427,11 @@ func (n *linkNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 // attributes are not stored: reads find none, writes are not supported, which tools
 // such as sed -i and cp -a treat as "no ACLs here".
 func (n *fileNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if !slices.Contains(xattrNames, attr) {
+		// ls -l asks every file for ACLs and security labels: answer without
+		// reading the store.
+		return 0, syscall.ENODATA
+	}
 	v, ok := n.fsys.keyXattrs(n.EmbeddedInode())[attr]
 	if !ok {
 		return 0, syscall.ENODATA

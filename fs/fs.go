@@ -118,6 +118,10 @@ func Mount(dir string, o Options) (*FS, error) {
 			DirectMount: syscall.Geteuid() == 0,
 			MaxWrite:    1 << 20,
 			Debug:       o.Debug,
+			// The kernel sends READDIRPLUS (names with attributes) only while the
+			// reader looks the names up (ls -l, find, grep -r), plain READDIR for
+			// a bare ls: no inode per name when nobody asks.
+			ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO,
 		},
 	}
 	// gofs.Mount's steps, so requests can be observed on their way in.
