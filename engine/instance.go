@@ -64,6 +64,9 @@ type Instance struct {
 
 	// Owned by the leader (see do).
 	pending map[ID]*pendingEntry
+	// recent are metadata of entries lately stored or read: a commit's parents are
+	// the last entries, whose version vectors it extends.
+	recent  map[ID]*entryMeta
 	waiting map[ID][]ID // missing parent -> entries waiting for it
 
 	statsMu sync.Mutex // guards stats
@@ -442,6 +445,7 @@ func (in *Instance) process(batch []*request) {
 	err := g.flush(sync)
 	in.maps.invalidate() // also on failure: what reached the store is unknown
 	if err == nil {
+		in.remember(g.metas)
 		in.mu.Lock()
 		for id, st := range g.dbs {
 			in.dbs[id] = st
@@ -466,6 +470,19 @@ func (in *Instance) process(batch []*request) {
 			res[i].apply = ApplyResult{}
 		}
 		r.done <- res[i]
+	}
+}
+
+// maxRecent bounds Instance.recent; when full it starts over.
+const maxRecent = 4096
+
+// remember keeps the metadata of a group's stored entries for the next commits.
+func (in *Instance) remember(metas map[ID]*entryMeta) {
+	if in.recent == nil || len(in.recent)+len(metas) > maxRecent {
+		in.recent = make(map[ID]*entryMeta, len(metas))
+	}
+	for id, m := range metas {
+		in.recent[id] = m
 	}
 }
 
@@ -568,6 +585,10 @@ func (g *group) commit(c *commitReq) (ID, error) {
 // meta returns an entry's meta, cached for the group (parents are read several times).
 func (g *group) meta(id ID) (*entryMeta, error) {
 	if m, ok := g.metas[id]; ok {
+		return m, nil
+	}
+	if m, ok := g.in.recent[id]; ok {
+		g.metas[id] = m
 		return m, nil
 	}
 	m, err := getRec[entryMeta](g.s, key(pMeta, id[:]))
