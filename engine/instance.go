@@ -36,8 +36,12 @@ type Options struct {
 	Now func() time.Time
 	// MaxValue is the largest value a commit may set (default 64 MiB).
 	MaxValue int
-	// MaxPending caps entries buffered while their parents are missing (default 100,000).
-	MaxPending int
+	// MaxPending caps entries buffered while their parents are missing (default
+	// 100,000), MaxPendingBytes their size (default 512 MiB). One origin (peer) may
+	// fill a tenth of the count and a quarter of the bytes, so a peer sending orphans
+	// cannot crowd out the out-of-order entries of the others.
+	MaxPending      int
+	MaxPendingBytes int
 }
 
 // Instance is one node's set of databases over one kv store. Writes are applied one
@@ -48,6 +52,7 @@ type Instance struct {
 	now        func() time.Time
 	maxValue   int
 	maxPending int
+	maxBytes   int // pending bytes
 
 	qmu     sync.Mutex // guards queue, leading and closed
 	queue   []*request
@@ -63,11 +68,13 @@ type Instance struct {
 	maps mapCache // ancestors' records for reads
 
 	// Owned by the leader (see do).
-	pending map[ID]*pendingEntry
+	pending      map[ID]*pendingEntry
+	waiting      map[ID][]ID // missing parent -> entries waiting for it
+	pendingBy    map[string]pendingUse
+	pendingBytes int
 	// recent are metadata of entries lately stored or read: a commit's parents are
 	// the last entries, whose version vectors it extends.
-	recent  map[ID]*entryMeta
-	waiting map[ID][]ID // missing parent -> entries waiting for it
+	recent map[ID]*entryMeta
 
 	statsMu sync.Mutex // guards stats
 	stats   Stats
@@ -156,6 +163,9 @@ func (s *dbState) settingsFor(vv vclock) (*Settings, error) {
 	return st, nil
 }
 
+// pendingUse is what one origin holds in the pending buffer.
+type pendingUse struct{ n, bytes int }
+
 type pendingEntry struct {
 	raw     []byte
 	e       *Entry
@@ -170,9 +180,9 @@ func Open(store *kv.DB, o Options) (*Instance, error) {
 		return nil, errors.New("engine: Options.Identity is required")
 	}
 	in := &Instance{
-		kv: store, id: o.Identity, now: o.Now, maxValue: o.MaxValue, maxPending: o.MaxPending,
+		kv: store, id: o.Identity, now: o.Now, maxValue: o.MaxValue, maxPending: o.MaxPending, maxBytes: o.MaxPendingBytes,
 		dbs: map[ID]*dbState{}, names: map[string]ID{},
-		pending: map[ID]*pendingEntry{}, waiting: map[ID][]ID{},
+		pending: map[ID]*pendingEntry{}, waiting: map[ID][]ID{}, pendingBy: map[string]pendingUse{},
 	}
 	if in.now == nil {
 		in.now = time.Now
@@ -182,6 +192,9 @@ func Open(store *kv.DB, o Options) (*Instance, error) {
 	}
 	if in.maxPending == 0 {
 		in.maxPending = 100_000
+	}
+	if in.maxBytes == 0 {
+		in.maxBytes = 512 << 20
 	}
 	in.idle = sync.NewCond(&in.qmu)
 	if err := in.load(); err != nil {
@@ -306,6 +319,9 @@ type request struct {
 	create  *createReq
 	apply   []decoded
 	missing bool
+	// drop names the origin whose pending entries to discard.
+	drop    *string
+	barrier bool // nothing to write: only sync (SyncJournal)
 	origin  string
 	sync    bool
 	done    chan result
@@ -437,6 +453,9 @@ func (in *Instance) process(batch []*request) {
 			res[i].id, res[i].err = g.create(r.create)
 		case r.missing:
 			res[i].apply.Applied = g.missing()
+		case r.drop != nil:
+			res[i].apply.Pending = g.in.dropPending(*r.drop)
+		case r.barrier:
 		default:
 			res[i].apply = g.applyAll(r.apply, r.origin)
 		}
@@ -671,6 +690,14 @@ func (in *Instance) ApplyVerified(origin string, v Verified) (ApplyResult, error
 	return r.apply, r.err
 }
 
+// SyncJournal returns once everything committed before it (with Journal, or
+// applied from peers) is on disk, so it survives a power cut: fsync(2) of a file
+// whose content was committed at close, or of a directory. It shares the group
+// commit, so concurrent calls, and Sync commits, share one fsync.
+func (in *Instance) SyncJournal() error {
+	return in.do(&request{barrier: true, sync: true}).err
+}
+
 // Missing lists parents that buffered entries wait for, so sync can ask for them.
 func (in *Instance) Missing() []ID {
 	r := in.do(&request{missing: true})
@@ -720,13 +747,8 @@ func (g *group) applyOne(d decoded, origin string, res *ApplyResult) {
 		}
 	}
 	if len(missing) > 0 {
-		if len(g.in.pending) >= g.in.maxPending {
+		if !g.in.pend(&pendingEntry{raw: d.raw, e: d.e, id: d.id, origin: origin, missing: missing}) {
 			res.Rejected = append(res.Rejected, Rejected{ID: d.id, Err: ErrPendingFull})
-			return
-		}
-		g.in.pending[d.id] = &pendingEntry{raw: d.raw, e: d.e, id: d.id, origin: origin, missing: missing}
-		for p := range missing {
-			g.in.waiting[p] = append(g.in.waiting[p], d.id)
 		}
 		return
 	}
@@ -753,10 +775,83 @@ func (g *group) applyOne(d decoded, origin string, res *ApplyResult) {
 		}
 		delete(pe.missing, d.id)
 		if len(pe.missing) == 0 {
-			delete(g.in.pending, w)
+			g.in.unpend(w)
 			g.applyOne(decoded{raw: pe.raw, e: pe.e, id: pe.id}, pe.origin, res)
 		}
 	}
+}
+
+// pend buffers an entry until its parents arrive, unless the buffer, or the
+// origin's share of it, is full. Owned by the leader, like pending.
+func (in *Instance) pend(pe *pendingEntry) bool {
+	u := in.pendingBy[pe.origin]
+	if len(in.pending) >= in.maxPending || in.pendingBytes+len(pe.raw) > in.maxBytes ||
+		u.n >= max(1, in.maxPending/10) || u.bytes+len(pe.raw) > in.maxBytes/4 {
+		return false
+	}
+	in.pending[pe.id] = pe
+	in.pendingBy[pe.origin] = pendingUse{u.n + 1, u.bytes + len(pe.raw)}
+	in.pendingBytes += len(pe.raw)
+	for p := range pe.missing {
+		in.waiting[p] = append(in.waiting[p], pe.id)
+	}
+	return true
+}
+
+// unpend removes an entry from the pending buffer and from the waiting lists of
+// the parents it still misses.
+func (in *Instance) unpend(id ID) {
+	pe, ok := in.pending[id]
+	if !ok {
+		return
+	}
+	delete(in.pending, id)
+	in.pendingBytes -= len(pe.raw)
+	if u := in.pendingBy[pe.origin]; u.n > 1 {
+		in.pendingBy[pe.origin] = pendingUse{u.n - 1, u.bytes - len(pe.raw)}
+	} else {
+		delete(in.pendingBy, pe.origin)
+	}
+	for p := range pe.missing {
+		if ws := slices.DeleteFunc(in.waiting[p], func(w ID) bool { return w == id }); len(ws) > 0 {
+			in.waiting[p] = ws
+		} else {
+			delete(in.waiting, p)
+		}
+	}
+}
+
+// DropPending discards the entries origin sent that still wait for their parents
+// (a peer caught sending forged entries), returning how many. Honest entries
+// among them come again with the next sync: they are not stored, so a version
+// vector does not cover them.
+func (in *Instance) DropPending(origin string) int {
+	return in.do(&request{drop: &origin}).apply.Pending
+}
+
+func (in *Instance) dropPending(origin string) int {
+	gone := map[ID]bool{}
+	parents := map[ID]bool{}
+	for id, pe := range in.pending {
+		if pe.origin == origin {
+			gone[id] = true
+			for p := range pe.missing {
+				parents[p] = true
+			}
+		}
+	}
+	for id := range gone {
+		in.pending[id].missing = nil // their waiting lists are rebuilt below, once
+		in.unpend(id)
+	}
+	for p := range parents {
+		if ws := slices.DeleteFunc(in.waiting[p], func(w ID) bool { return gone[w] }); len(ws) > 0 {
+			in.waiting[p] = ws
+		} else {
+			delete(in.waiting, p)
+		}
+	}
+	return len(gone)
 }
 
 // dropWaiters rejects entries that wait for a rejected one: they can never apply.
@@ -765,7 +860,7 @@ func (g *group) dropWaiters(id ID, res *ApplyResult) {
 	delete(g.in.waiting, id)
 	for _, w := range waiters {
 		if _, ok := g.in.pending[w]; ok {
-			delete(g.in.pending, w)
+			g.in.unpend(w)
 			res.Rejected = append(res.Rejected, Rejected{ID: w, Err: fmt.Errorf("%w: parent %s was rejected", ErrInvalidEntry, id.Short())})
 			g.dropWaiters(w, res)
 		}
@@ -922,6 +1017,18 @@ func (g *group) store(st *dbState, raw []byte, e *Entry, id ID, vv vclock, seq u
 }
 
 func (g *group) loadOp(store string, o order) (Op, error) { return loadOp(g.s, store, o) }
+
+// Only marks the entries of v that belong to another database than db as invalid,
+// so ApplyVerified rejects them: a peer syncing one database cannot slip in
+// entries of another, nor a new database.
+func (v Verified) Only(db ID) {
+	for i := range v.ds {
+		d := &v.ds[i]
+		if d.err == nil && d.e.DatabaseID(d.id) != db {
+			d.err = fmt.Errorf("%w: entry %s belongs to database %s, not %s", ErrInvalidEntry, d.id.Short(), d.e.DatabaseID(d.id).Short(), db.Short())
+		}
+	}
+}
 
 // Len is the number of entries in the batch (valid or not).
 func (v Verified) Len() int { return len(v.ds) }

@@ -687,8 +687,11 @@ func (d *dirNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
 }
 func (d *dirNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) { return 0, 0 }
 
-// Fsync on a directory: every directory change is committed when it returns.
-func (d *dirNode) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) syscall.Errno { return 0 }
+// Fsync on a directory makes its changes durable: each was committed (to the
+// journal) when it returned, so this syncs the journal.
+func (d *dirNode) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) syscall.Errno {
+	return toErrno(d.fsys.inst.SyncJournal())
+}
 
 // flushTree commits the buffered content of every file below in.
 func (f *FS) flushTree(in *gofs.Inode) {

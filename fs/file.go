@@ -3,8 +3,10 @@ package fs
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -22,6 +24,8 @@ type content struct {
 	data    []byte
 	loaded  bool      // data holds the value (it is read on first use, not at open)
 	version engine.ID // the entry that set the value loaded or to be loaded
+	store   string    // where version set it: the value is read from there
+	path    []string  // once the key has changed or gone
 	dirty   bool      // written since loaded or last committed
 	mtime   time.Time
 	refs    int
@@ -41,21 +45,45 @@ type fileNode struct {
 	kernelVersion engine.ID
 }
 
-// loadLocked reads c's value on first use.
+// loadLocked reads c's value on first use: the version its descriptors opened,
+// also when the key changed or went away since (a peer wrote or deleted it, it was
+// unlinked or renamed here), so they read what they opened, as on a local disk.
 func (n *fileNode) loadLocked(c *content) syscall.Errno {
 	if c.loaded {
 		return 0
 	}
-	l, errno := n.fsys.locate(n.EmbeddedInode())
-	if errno != 0 {
-		return errno
+	if l, errno := n.fsys.locate(n.EmbeddedInode()); errno == 0 {
+		if node, err := l.db.Get(l.store, l.path); err == nil && node.Entry == c.version {
+			c.data, c.loaded = node.Value, true
+			return 0
+		}
 	}
-	node, err := l.db.Get(l.store, l.path)
+	v, err := n.fsys.valueIn(c.version, c.store, c.path)
 	if err != nil {
 		return toErrno(err)
 	}
-	c.data, c.loaded = node.Value, true
+	c.data, c.loaded = v, true
 	return 0
+}
+
+// valueIn reads the value that entry id set at path in store.
+func (f *FS) valueIn(id engine.ID, store string, path []string) ([]byte, error) {
+	raw, err := f.inst.Entry(id)
+	if err != nil {
+		return nil, err
+	}
+	e, _, err := engine.DecodeEntry(raw)
+	if err != nil {
+		return nil, err
+	}
+	if sn := e.Store(store); sn != nil {
+		for i := len(sn.Ops) - 1; i >= 0; i-- {
+			if op := sn.Ops[i]; op.Kind == engine.OpValue && slices.Equal(op.Path, path) {
+				return op.Value, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("entry %s sets no value at %s/%s: %w", id.Short(), store, strings.Join(path, "/"), engine.ErrNotFound)
 }
 
 var (
@@ -102,21 +130,34 @@ func (n *fileNode) attrFromContent(c *content, out *fuse.Attr) {
 func (n *fileNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	_, parent := n.Parent()
 	orphan := parent == nil // unlinked or replaced, still open
+	h, _ := f.(*handle)
 	n.mu.Lock()
 	c := n.cur
-	if h, ok := f.(*handle); ok {
+	if h != nil {
 		c = h.c
 	}
-	if c != nil && (c.dirty || n.local || n.pending || (orphan && c.loaded)) {
-		n.attrFromContent(c, &out.Attr)
-		n.mu.Unlock()
-		if orphan {
-			out.Nlink = 0
-		}
-		return 0
-	}
+	inMemory := c != nil && (c.dirty || n.local || n.pending || orphan)
 	n.mu.Unlock()
-	return n.fsys.storedAttr(n.EmbeddedInode(), modeFile, out)
+	if !inMemory {
+		// While the key exists its attributes are the inode's, for every
+		// descriptor: the kernel caches them per inode, not per descriptor.
+		errno := n.fsys.storedAttr(n.EmbeddedInode(), modeFile, out)
+		if errno == 0 || h == nil {
+			return errno
+		}
+		// The key went away under the descriptor (a peer deleted it): it still
+		// reads the content it opened.
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if errno := n.loadLocked(c); errno != 0 {
+		return errno
+	}
+	n.attrFromContent(c, &out.Attr)
+	if orphan {
+		out.Nlink = 0
+	}
+	return 0
 }
 
 // keepOpen loads the content of an open file about to lose its name (unlink, or
@@ -223,7 +264,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 			if err != nil {
 				return nil, 0, toErrno(err)
 			}
-			n.cur = &content{version: node.Entry, mtime: time.UnixMilli(node.Time)}
+			n.cur = &content{version: node.Entry, store: l.store, path: l.path, mtime: time.UnixMilli(node.Time)}
 		}
 	}
 	c := n.cur
@@ -307,11 +348,15 @@ func (n *fileNode) Flush(ctx context.Context, f gofs.FileHandle) syscall.Errno {
 	return n.commitContent(h.c, engine.Journal)
 }
 
+// Fsync commits what was written and makes it durable, with everything committed
+// before: also content a close committed already (write, close, open, fsync).
 func (n *fileNode) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) syscall.Errno {
 	if h, ok := f.(*handle); ok {
-		return n.commitContent(h.c, engine.Sync)
+		if errno := n.commitContent(h.c, engine.Journal); errno != 0 {
+			return errno
+		}
 	}
-	return 0
+	return toErrno(n.fsys.inst.SyncJournal())
 }
 
 func (n *fileNode) Release(ctx context.Context, f gofs.FileHandle) syscall.Errno {

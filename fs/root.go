@@ -290,10 +290,15 @@ func (f *FS) globalSyncFiles() map[string]func() []byte {
 	return files
 }
 
+// Fsync on the root makes database creations durable (see dirNode.Fsync).
 func (r *rootNode) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) syscall.Errno {
-	return 0
+	return toErrno(r.fsys.inst.SyncJournal())
 }
-func (d *dbNode) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) syscall.Errno { return 0 }
+
+// Fsync on a database makes store creations and removals durable (see dirNode.Fsync).
+func (d *dbNode) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) syscall.Errno {
+	return toErrno(d.fsys.inst.SyncJournal())
+}
 
 // keysTouched is "store/path,…" of an entry's changes ("-" if none): the sixth
 // field of .sync/log. '%', space, comma, tab and newline in names are written %25,

@@ -1,13 +1,14 @@
 // Package kv is the ordered key-value store under the engine: a thin layer over
-// goleveldb, on disk (Open) or on leveldb's in-memory storage (OpenMemory), with one
-// implementation for both. It knows nothing of entries or databases; the engine owns
-// the key layout (engine/layout.go).
+// goleveldb, on disk (Open), on any goleveldb storage (OpenStorage) or on leveldb's
+// in-memory storage (OpenMemory), with one implementation for all. It knows nothing
+// of entries or databases; the engine owns the key layout (engine/layout.go).
 package kv
 
 import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"syscall"
 
 	"github.com/syndtr/goleveldb/leveldb"
@@ -44,32 +45,119 @@ type Reader interface {
 
 // DB is an open store. It is safe for concurrent use.
 type DB struct {
-	ldb *leveldb.DB
+	ldb  *leveldb.DB
+	stor storage.Storage // closed with the store when Open opened it
 }
 
 // Open opens (creating if needed) the store in dir.
 func Open(dir string) (*DB, error) {
-	ldb, err := leveldb.OpenFile(dir, options())
+	stor, err := storage.OpenFile(dir, false)
+	if err != nil {
+		return nil, openErr(dir, err)
+	}
+	d, err := OpenStorage(dirStorage{Storage: stor, dir: dir}, Options{})
+	if err != nil {
+		stor.Close()
+		return nil, openErr(dir, err)
+	}
+	d.stor = stor
+	return d, nil
+}
+
+func openErr(dir string, err error) error {
+	if errors.Is(err, syscall.EWOULDBLOCK) || errors.Is(err, syscall.EAGAIN) || errors.Is(err, storage.ErrLocked) {
+		return fmt.Errorf("%w: %s", ErrInUse, dir)
+	}
+	return fmt.Errorf("opening store in %s: %w", dir, err)
+}
+
+// Options tune a store. The zero value is what eidefs runs with.
+type Options struct {
+	// Memtable is how much is written, to memory and the journal, before goleveldb
+	// writes it out as a table and starts a new journal (default 64 MiB). Tests
+	// make it small: a store then opens without allocating 64 MiB, and switches
+	// journals often.
+	Memtable int
+}
+
+// OpenStorage opens (creating if needed) the store held by s, the one way every
+// store is opened, so a test's fault-injecting storage goes through the same
+// recovery as a data directory. If s has a SyncDir() error method (its files are
+// in a directory), it is used to make a new journal's name durable. s stays the
+// caller's: Close does not close it.
+func OpenStorage(s storage.Storage, o Options) (*DB, error) {
+	lo := options()
+	if o.Memtable > 0 {
+		lo.WriteBuffer = o.Memtable
+	}
+	s = journalStorage{Storage: s}
+	ldb, err := leveldb.Open(s, lo)
 	if lerrors.IsCorrupted(err) {
-		// A torn journal tail after a crash: recover what is intact.
-		ldb, err = leveldb.RecoverFile(dir, options())
+		// A crash left a file torn (a manifest): rebuild from what is intact.
+		ldb, err = leveldb.Recover(s, lo)
 	}
 	if err != nil {
-		if errors.Is(err, syscall.EWOULDBLOCK) || errors.Is(err, syscall.EAGAIN) || errors.Is(err, storage.ErrLocked) {
-			return nil, fmt.Errorf("%w: %s", ErrInUse, dir)
-		}
-		return nil, fmt.Errorf("opening store in %s: %w", dir, err)
+		return nil, err
 	}
 	return &DB{ldb: ldb}, nil
 }
 
 // OpenMemory opens an empty store held in memory.
-func OpenMemory() (*DB, error) {
-	ldb, err := leveldb.Open(storage.NewMemStorage(), options())
-	if err != nil {
-		return nil, err
+func OpenMemory() (*DB, error) { return OpenStorage(storage.NewMemStorage(), Options{}) }
+
+// journalStorage keeps the promise of a sync write, that everything written
+// before it is on disk too, which goleveldb breaks where it switches to a new
+// journal (its memtable is full): it syncs only the journal being written, and
+// the new journal's name only when the old memtable has reached a table and the
+// manifest is written. Until then a sync write would be durable in the new
+// journal while unsynced writes before it in the old one, or the new journal's
+// own name, are not. So a journal is synced when it is closed, and the directory
+// when a journal is created.
+type journalStorage struct{ storage.Storage }
+
+func (s journalStorage) Create(fd storage.FileDesc) (storage.Writer, error) {
+	w, err := s.Storage.Create(fd)
+	if err != nil || fd.Type != storage.TypeJournal {
+		return w, err
 	}
-	return &DB{ldb: ldb}, nil
+	if ds, ok := s.Storage.(interface{ SyncDir() error }); ok {
+		if err := ds.SyncDir(); err != nil {
+			w.Close()
+			return nil, fmt.Errorf("syncing the directory of new journal %s: %w", fd, err)
+		}
+	}
+	return syncOnClose{w}, nil
+}
+
+// syncOnClose is a journal that is synced when goleveldb closes it.
+type syncOnClose struct{ storage.Writer }
+
+func (w syncOnClose) Close() error {
+	err := w.Writer.Sync()
+	if cerr := w.Writer.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// dirStorage is goleveldb's file storage with the directory sync it lacks.
+type dirStorage struct {
+	storage.Storage
+	dir string
+}
+
+// SyncDir makes the directory's entries (names of files created, renamed or
+// removed) durable.
+func (s dirStorage) SyncDir() error {
+	f, err := os.Open(s.dir)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 func options() *opt.Options {
@@ -86,8 +174,23 @@ func options() *opt.Options {
 	}
 }
 
+// Compact flushes the memtable and compacts the whole store, waiting for both: on
+// return no compaction runs, so a Close right after cannot race one (goleveldb
+// closes its memtable pool under a running compaction, syndtr/goleveldb#356: a data
+// race the race detector reports). It costs a full compaction; tests use it on
+// their small stores.
+func (d *DB) Compact() error { return d.ldb.CompactRange(util.Range{}) }
+
 // Close closes the store. Further calls fail with ErrClosed.
-func (d *DB) Close() error { return d.ldb.Close() }
+func (d *DB) Close() error {
+	err := d.ldb.Close()
+	if d.stor != nil && !errors.Is(err, leveldb.ErrClosed) {
+		if serr := d.stor.Close(); err == nil {
+			err = serr
+		}
+	}
+	return err
+}
 
 // Get returns the value of key or ErrNotFound.
 func (d *DB) Get(key []byte) ([]byte, error) { return get(d.ldb.Get(key, nil)) }
@@ -106,10 +209,19 @@ func (d *DB) Seek(prefix, key []byte, reverse bool) ([]byte, []byte, error) {
 }
 
 // Write applies the batch atomically. With sync set the write is on disk when Write
-// returns; without it, it is in the journal and survives the process being killed.
+// returns, and so is every write before it; without it, it is in the journal and
+// survives the process being killed. An empty batch with sync set is a durability
+// barrier for the writes before it.
 func (d *DB) Write(b *Batch, sync bool) error {
-	if b.b.Len() == 0 && !sync {
-		return nil
+	if b.b.Len() == 0 {
+		if !sync {
+			return nil
+		}
+		// goleveldb returns at once for an empty batch, without syncing: write a
+		// delete of the empty key, which no key layout uses, to sync the journal.
+		var barrier leveldb.Batch
+		barrier.Delete(nil)
+		return mapErr(d.ldb.Write(&barrier, &opt.WriteOptions{Sync: true}))
 	}
 	return mapErr(d.ldb.Write(&b.b, &opt.WriteOptions{Sync: sync}))
 }
