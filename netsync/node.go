@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/eidefs/eidefs/engine"
@@ -69,9 +72,13 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu      sync.Mutex                   // guards conns, workers and listeners
+	mu      sync.Mutex                   // guards conns, guards, strangerConns, workers and listeners
 	conns   map[engine.PublicKey][]*Conn // live connections per peer, oldest first
 	workers map[engine.PublicKey]*worker
+	// guards are the request budgets of the keys with live connections.
+	guards        map[engine.PublicKey]*peerGuard
+	strangerConns int // inbound connections of keys neither peers nor members
+	abuse         abuseCounters
 	// listeners get every sync record as it happens (.sync/history).
 	listeners []func(HistoryRecord)
 	tickets   map[engine.ID]Ticket // read-only tickets shown in .sync/ticket
@@ -107,12 +114,13 @@ func Start(o Options) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{o: o, inst: o.Instance, state: st, tr: tr, log: o.Log,
-		conns: map[engine.PublicKey][]*Conn{}, workers: map[engine.PublicKey]*worker{}}
+		conns: map[engine.PublicKey][]*Conn{}, workers: map[engine.PublicKey]*worker{}, guards: map[engine.PublicKey]*peerGuard{}}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.p = &proto{inst: n.inst, name: o.Name, addrs: n.Advertised, learned: n.learned, redeem: st.redeem,
 		rejected: func(k engine.PublicKey, c int) {
 			st.updatePeer(k, func(p *PeerInfo) { p.Rejected += uint64(c) })
-		}}
+		},
+		admit: n.admitRequest}
 	for _, pc := range o.Peers {
 		n.AddPeer(pc.Key, pc.Name, pc.Addrs)
 	}
@@ -265,7 +273,9 @@ func (n *Node) acceptLoop() {
 		if err != nil {
 			return
 		}
-		n.adopt(c)
+		if n.admit(c) {
+			n.adopt(c)
+		}
 	}
 }
 
@@ -275,6 +285,7 @@ func (n *Node) adopt(c *Conn) {
 	// Every connection is kept until it ends; requests go over the oldest live one
 	// (a short-lived one, such as a peer's discover, may close at any moment).
 	n.conns[c.Peer()] = append(n.liveLocked(c.Peer()), c)
+	n.guardLocked(c.Peer())
 	w := n.workers[c.Peer()]
 	n.mu.Unlock()
 	if w != nil {
@@ -283,6 +294,7 @@ func (n *Node) adopt(c *Conn) {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
+		defer n.forget(c)
 		for {
 			s, err := c.AcceptStream(n.ctx)
 			if err != nil {
@@ -293,7 +305,7 @@ func (n *Node) adopt(c *Conn) {
 				defer n.wg.Done()
 				defer s.Close()
 				if err := n.p.serve(s, c.Peer()); err != nil && n.ctx.Err() == nil {
-					n.log.Debug("serving peer", "peer", c.Peer().Short(), "err", err)
+					n.served(c, err)
 				}
 			}()
 		}
@@ -368,9 +380,11 @@ func (n *Node) stream(ctx context.Context, key engine.PublicKey) (Stream, error)
 		if c, err = n.conn(ctx, key); err != nil {
 			return nil, err
 		}
-		return c.OpenStream(ctx)
+		if s, err = c.OpenStream(ctx); err != nil {
+			return nil, err
+		}
 	}
-	return s, nil
+	return withPacing(s), nil
 }
 
 // ---- syncing ----
@@ -394,6 +408,10 @@ func (n *Node) SyncDB(ctx context.Context, key engine.PublicKey, db engine.ID) R
 	s.Close()
 	if res.Err == nil {
 		res.Err = n.repair(ctx, key, db, &res)
+	}
+	if errors.Is(res.Err, errForged) {
+		n.abuse.forged.Add(1)
+		n.punish(key, codeForged, res.Err)
 	}
 	return n.finish(res)
 }
@@ -597,6 +615,7 @@ type worker struct {
 	wake     chan struct{}
 	quit     chan struct{}
 	stopOnce sync.Once
+	checking atomic.Bool // a health check is running
 }
 
 func (w *worker) stop() { w.stopOnce.Do(func() { close(w.quit) }) }
@@ -684,7 +703,16 @@ func (w *worker) run() {
 		}
 		if !now.Before(nextHealth) {
 			nextHealth = now.Add(iv.Health)
-			w.health()
+			if w.checking.CompareAndSwap(false, true) {
+				// On its own goroutine: it must catch a connection this one is
+				// blocked on.
+				n.wg.Add(1)
+				go func() {
+					defer n.wg.Done()
+					defer w.checking.Store(false)
+					w.health(healthTimeout(iv.Health))
+				}()
+			}
 		}
 		if w.once() {
 			failures, retryAt = 0, time.Time{}
@@ -778,14 +806,29 @@ func (w *worker) pushEntries(ctx context.Context, db engine.ID, ids []engine.ID)
 }
 
 // health pings the peer and updates its status.
-func (w *worker) health() {
+// healthTimeout is how long a health check waits for the peer's answer.
+func healthTimeout(every time.Duration) time.Duration {
+	return min(max(every, 2*time.Second), 10*time.Second)
+}
+
+// health asks the peer for a hello. A peer that does not answer in time is
+// unreachable for now (a partition, a dead host): its connections are closed, so
+// that requests blocked on them fail at once and the retries dial afresh, instead
+// of waiting out QUIC's idle timeout with the peer still shown as active.
+func (w *worker) health(timeout time.Duration) {
 	n := w.n
-	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(n.ctx, timeout)
 	defer cancel()
 	s, err := n.stream(ctx, w.key)
 	if err == nil {
+		if ps, ok := s.(*pacedStream); ok {
+			ps.idle = timeout
+		}
 		_, err = n.p.hello(s)
 		s.Close()
+	}
+	if err != nil && n.ctx.Err() == nil && isTimeout(err) {
+		n.dropConns(w.key)
 	}
 	n.state.updatePeer(w.key, func(p *PeerInfo) {
 		if err != nil {
@@ -794,6 +837,24 @@ func (w *worker) health() {
 			p.Status, p.LastSeen = "active", time.Now()
 		}
 	})
+}
+
+// isTimeout reports whether err is a deadline that passed (and not an answer,
+// such as busy, that the peer gave).
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
+		(errors.As(err, &ne) && ne.Timeout())
+}
+
+// dropConns closes every connection to key.
+func (n *Node) dropConns(key engine.PublicKey) {
+	n.mu.Lock()
+	conns := n.conns[key]
+	n.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
 }
 
 // Holders lists the peers known to hold entry id of database db.

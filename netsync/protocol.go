@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/eidefs/eidefs/engine"
@@ -19,7 +20,16 @@ var (
 	ErrUnknownDatabase = errors.New("database not found on peer")
 	ErrBadInvite       = errors.New("invite is invalid or already used")
 	ErrPeerNotFound    = errors.New("peer not found")
+	// ErrBusy: the peer refused a request over its rate or concurrency limits for
+	// this node; try again later.
+	ErrBusy = errors.New("peer is busy")
 )
+
+// errForged marks entries that failed validation for reasons the sender must
+// have known (signature, authorization, shape, database): honest nodes send only
+// entries they validated themselves, and validation does not depend on the
+// receiver. It never crosses the wire: the connection is closed instead.
+var errForged = errors.New("forged or invalid entries")
 
 var errCodes = map[string]error{
 	"not-authorized":   ErrNotAuthorized,
@@ -27,6 +37,7 @@ var errCodes = map[string]error{
 	"unknown-database": ErrUnknownDatabase,
 	"bad-invite":       ErrBadInvite,
 	"protocol":         ErrProtocol,
+	"busy":             ErrBusy,
 }
 
 func codeOf(err error) string {
@@ -130,6 +141,9 @@ type proto struct {
 	redeem func(db engine.ID, invite []byte) (engine.Permission, error)
 	// rejected counts refused entries per peer.
 	rejected func(key engine.PublicKey, n int)
+	// admit, if set, decides whether peer may make a request now (its rate and
+	// upload limits); release ends the request.
+	admit func(peer engine.PublicKey, op string) (release func(), err error)
 }
 
 // ---- client side ----
@@ -249,6 +263,7 @@ func (p *proto) receive(s Stream, peer engine.PublicKey, res *Result, total int,
 			it := item{n: n, done: b.Done, err: err}
 			if err == nil && len(b.Entries) > 0 {
 				it.v = engine.Verify(b.Entries...)
+				it.v.Only(res.DB)
 			}
 			select {
 			case items <- it:
@@ -279,6 +294,9 @@ func (p *proto) receive(s Stream, peer engine.PublicKey, res *Result, total int,
 			}
 			if progress != nil {
 				progress(res.Received, total)
+			}
+			if err := forged(ar.Rejected); err != nil {
+				return err
 			}
 		}
 		if it.done {
@@ -345,14 +363,80 @@ func (p *proto) push(s Stream, db engine.ID, raws [][]byte) (ack, error) {
 
 // ---- server side ----
 
-// serve answers one request stream from peer.
+// Server-side pacing: a frame must start within frameIdle and its body arrive at
+// minRate or faster; the same holds for the peer taking what the node writes. A
+// peer that stalls (slowloris) is cut instead of holding a stream forever.
+// frameIdle is a variable so that tests can shorten it.
+var frameIdle = 30 * time.Second
+
+const minRate = 64 << 10 // bytes a second
+
+// deadlines are what a Stream needs for pacing (QUIC streams, net.Pipe).
+type deadlines interface {
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+}
+
+// pacedStream applies the pacing to a stream: on the server, and on the client,
+// where a peer that stops answering must fail the request, not hang it.
+type pacedStream struct {
+	Stream
+	d    deadlines
+	idle time.Duration // 0: frameIdle
+}
+
+// withPacing wraps s in the pacing when it supports deadlines.
+func withPacing(s Stream) Stream {
+	if d, ok := s.(deadlines); ok {
+		return &pacedStream{Stream: s, d: d}
+	}
+	return s
+}
+
+func (s *pacedStream) wait() time.Duration {
+	if s.idle > 0 {
+		return s.idle
+	}
+	return frameIdle
+}
+
+func (s *pacedStream) frameStart() { s.d.SetReadDeadline(time.Now().Add(s.wait())) }
+
+func (s *pacedStream) bodyStart(n int) {
+	s.d.SetReadDeadline(time.Now().Add(s.wait() + time.Duration(n)*time.Second/minRate))
+}
+
+func (s *pacedStream) Write(b []byte) (int, error) {
+	s.d.SetWriteDeadline(time.Now().Add(s.wait() + time.Duration(len(b))*time.Second/minRate))
+	return s.Stream.Write(b)
+}
+
+// serve answers one request stream from peer. Errors wrapping ErrProtocol (a
+// malformed, oversized, truncated or stalled message, an unknown request) or
+// errForged are the peer's fault: the caller closes its connection.
 func (p *proto) serve(s Stream, peer engine.PublicKey) error {
+	s = withPacing(s)
 	var req request
-	if _, err := readFrame(s, &req); err != nil {
+	if _, err := readFrameMax(s, &req, maxRequest); err != nil {
+		if err == io.EOF {
+			return nil // opened and closed without asking anything
+		}
 		return err
 	}
 	if req.Version != ProtocolVersion {
 		return writeFrame(s, errResponse(fmt.Errorf("%w: peer speaks %d, this node %d", ErrVersionMismatch, req.Version, ProtocolVersion)))
+	}
+	if !slices.Contains(ops, req.Op) {
+		err := fmt.Errorf("%w: unknown request %q", ErrProtocol, req.Op)
+		writeFrame(s, errResponse(err))
+		return err
+	}
+	if p.admit != nil {
+		release, err := p.admit(peer, req.Op)
+		if err != nil {
+			return writeFrame(s, errResponse(err))
+		}
+		defer release()
 	}
 	switch req.Op {
 	case "hello":
@@ -373,11 +457,13 @@ func (p *proto) serve(s Stream, peer engine.PublicKey) error {
 			return err
 		}
 		return p.serveUpload(s, peer, db)
-	case "get":
+	default: // "get"
 		return p.serveGet(s, peer, &req)
 	}
-	return writeFrame(s, errResponse(fmt.Errorf("%w: unknown request %q", ErrProtocol, req.Op)))
 }
+
+// ops are the requests serve knows.
+var ops = []string{"hello", "discover", "sync", "bootstrap", "push", "get"}
 
 func (p *proto) offers(peer engine.PublicKey) []Offer {
 	var out []Offer
@@ -457,16 +543,26 @@ func (p *proto) serveSync(s Stream, peer engine.PublicKey, req *request) error {
 	return p.serveUpload(s, peer, db)
 }
 
-// serveUpload applies the batches a peer sends, then acknowledges.
+// serveUpload applies the batches a peer sends, then acknowledges. Entries of
+// another database are refused. After a batch with forged entries nothing more is
+// applied: the rest of the upload is read (up to maxDrain frames) only so that the
+// ack can tell the peer why, and the upload ends with errForged.
 func (p *proto) serveUpload(s Stream, peer engine.PublicKey, db *engine.Database) error {
 	var a ack
-	for {
+	var bad error
+	for drained := 0; ; {
 		var b batch
 		if _, err := readFrame(s, &b); err != nil {
-			return err
+			return errors.Join(bad, err)
 		}
-		if len(b.Entries) > 0 {
-			ar, err := p.inst.Apply(peer.String(), b.Entries...)
+		if bad != nil {
+			if drained++; drained > maxDrain && !b.Done {
+				return bad
+			}
+		} else if len(b.Entries) > 0 {
+			v := engine.Verify(b.Entries...)
+			v.Only(db.ID())
+			ar, err := p.inst.ApplyVerified(peer.String(), v)
 			if err != nil {
 				a.Err = err.Error()
 			}
@@ -477,12 +573,39 @@ func (p *proto) serveUpload(s Stream, peer engine.PublicKey, db *engine.Database
 			if len(ar.Rejected) > 0 && p.rejected != nil {
 				p.rejected(peer, len(ar.Rejected))
 			}
+			bad = forged(ar.Rejected)
 		}
 		if b.Done {
 			break
 		}
 	}
+	if bad != nil {
+		a.Err = bad.Error()
+		writeFrame(s, &a)
+		return bad
+	}
 	return writeFrame(s, &a)
+}
+
+// maxDrain is how many frames of an upload are read after forged entries.
+const maxDrain = 16
+
+// forged returns an errForged error if any of the rejected entries proves its
+// sender hostile or broken; a full pending buffer or a local failure does not.
+func forged(rs []engine.Rejected) error {
+	n := 0
+	var first error
+	for _, r := range rs {
+		if errors.Is(r.Err, engine.ErrInvalidEntry) || errors.Is(r.Err, engine.ErrNotAuthorized) {
+			if n++; first == nil {
+				first = r.Err
+			}
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %d refused, first: %v", errForged, n, first)
 }
 
 func (p *proto) serveGet(s Stream, peer engine.PublicKey, req *request) error {

@@ -47,6 +47,9 @@ type PeerInfo struct {
 	LastSync  time.Time        `cbor:"8,keyasint" json:"last_sync"`
 	Rejected  uint64           `cbor:"9,keyasint,omitempty" json:"rejected_entries"`
 	Failures  int              `cbor:"10,keyasint,omitempty" json:"consecutive_failures"`
+	// ProtocolErrors counts the connections closed because the peer broke the
+	// protocol (malformed, oversized, truncated or stalled messages).
+	ProtocolErrors uint64 `cbor:"11,keyasint,omitempty" json:"protocol_errors"`
 }
 
 // Cursor is the state of syncing one database with one peer.

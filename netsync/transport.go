@@ -13,10 +13,13 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/time/rate"
 
 	"github.com/eidefs/eidefs/engine"
 )
@@ -42,6 +45,9 @@ const alpnProto = "eidefs/1"
 const (
 	codeConnClosed    quic.ApplicationErrorCode = 0 // orderly close
 	codeBadPeer       quic.ApplicationErrorCode = 1 // peer passed TLS but its identity is unusable
+	codeProtocol      quic.ApplicationErrorCode = 2 // peer broke the protocol (see proto.serve)
+	codeForged        quic.ApplicationErrorCode = 3 // peer sent entries that failed validation
+	codeTooMany       quic.ApplicationErrorCode = 4 // over the connection cap of its key or of strangers
 	codeStreamStopped quic.StreamErrorCode      = 0 // Stream.Close stopped reading
 )
 
@@ -59,12 +65,25 @@ type Config struct {
 	// peer (default 30s). Keep-alives are sent well within it, so only dead peers
 	// time out.
 	IdleTimeout time.Duration
+	// MaxHandshakes caps the inbound handshakes in progress at once (default 64);
+	// HandshakeRate and HandshakeBurst shape new connections per source IP address
+	// (default 20 a second, bursts of 40). Attempts beyond are refused before any
+	// signature is made or checked.
+	MaxHandshakes  int
+	HandshakeRate  float64
+	HandshakeBurst int
 }
 
 const (
 	defaultHandshakeTimeout = 5 * time.Second
 	defaultIdleTimeout      = 30 * time.Second
 	maxKeepAlive            = 10 * time.Second
+	defaultMaxHandshakes    = 64
+	defaultHandshakeRate    = 20
+	defaultHandshakeBurst   = 40
+	// maxStreams caps the request streams a peer may have open on one connection;
+	// opening more waits for one to end.
+	maxStreams = 32
 )
 
 // Transport is a node's QUIC endpoint: one UDP socket per listen address, each
@@ -77,6 +96,7 @@ type Transport struct {
 	serverTLS *tls.Config
 	quicConf  *quic.Config
 	hsTimeout time.Duration
+	hs        *handshakeGuard
 
 	inbound chan *Conn    // accepted, authenticated connections, handed to Accept
 	done    chan struct{} // closed by Close
@@ -109,6 +129,15 @@ func NewTransport(c Config) (*Transport, error) {
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = defaultIdleTimeout
 	}
+	if c.MaxHandshakes <= 0 {
+		c.MaxHandshakes = defaultMaxHandshakes
+	}
+	if c.HandshakeRate <= 0 {
+		c.HandshakeRate = defaultHandshakeRate
+	}
+	if c.HandshakeBurst <= 0 {
+		c.HandshakeBurst = defaultHandshakeBurst
+	}
 	cert, err := selfSignedCert(c.Identity)
 	if err != nil {
 		return nil, fmt.Errorf("new transport: %w", err)
@@ -119,11 +148,16 @@ func NewTransport(c Config) (*Transport, error) {
 			HandshakeIdleTimeout: c.HandshakeTimeout,
 			MaxIdleTimeout:       c.IdleTimeout,
 			KeepAlivePeriod:      min(maxKeepAlive, c.IdleTimeout/3),
+			MaxIncomingStreams:   maxStreams,
+			// Requests are bidirectional streams; eidefs uses no others.
+			MaxIncomingUniStreams: -1,
 		},
 		hsTimeout: c.HandshakeTimeout,
-		inbound:   make(chan *Conn),
-		done:      make(chan struct{}),
-		conns:     make(map[*Conn]struct{}),
+		hs: &handshakeGuard{max: int64(c.MaxHandshakes), rate: rate.Limit(c.HandshakeRate), burst: c.HandshakeBurst,
+			sources: map[netip.Addr]*rate.Limiter{}},
+		inbound: make(chan *Conn),
+		done:    make(chan struct{}),
+		conns:   make(map[*Conn]struct{}),
 	}
 	// A reset key derived from the device key survives restarts: a restarted node
 	// answers packets of its old connections with a stateless reset, so peers drop
@@ -145,6 +179,7 @@ func NewTransport(c Config) (*Transport, error) {
 		if !t.listening {
 			continue
 		}
+		s.qt.ConnContext, s.qt.VerifySourceAddress = t.hs.connContext, t.hs.verifySource
 		if s.ln, err = s.qt.Listen(t.serverTLS, t.quicConf); err != nil {
 			t.Close()
 			return nil, fmt.Errorf("listening on %s: %w", a, err)
@@ -313,6 +348,9 @@ func (t *Transport) acceptLoop(ln *quic.Listener) {
 		if err != nil {
 			return // listener closed
 		}
+		if done, ok := qc.Context().Value(handshakeDone{}).(func()); ok {
+			done()
+		}
 		c, err := t.adopt(qc)
 		if err != nil {
 			continue // already closed by adopt
@@ -404,6 +442,83 @@ func (t *Transport) Close() error {
 	return nil
 }
 
+// HandshakesRefused counts the connection attempts refused before the handshake
+// (each Initial packet of a refused attempt counts).
+func (t *Transport) HandshakesRefused() uint64 { return t.hs.refused.Load() }
+
+// errHandshakeLimit refuses a connection attempt over the handshake limits; the
+// client sees CONNECTION_REFUSED.
+var errHandshakeLimit = errors.New("too many handshakes")
+
+// handshakeGuard bounds the inbound handshakes: each costs ed25519 signatures and
+// checks, so a flood of connection attempts must not take the CPU from the peers
+// already connected.
+type handshakeGuard struct {
+	max     int64
+	rate    rate.Limit
+	burst   int
+	active  atomic.Int64
+	refused atomic.Uint64
+
+	mu      sync.Mutex
+	sources map[netip.Addr]*rate.Limiter // per source IP; at most maxSources
+}
+
+// maxSources bounds the per-address limiters kept; past it the idle ones go.
+const maxSources = 4096
+
+// handshakeDone is the context key of the function that frees a handshake slot.
+type handshakeDone struct{}
+
+// connContext admits a connection attempt (quic.Transport.ConnContext): its source
+// address is under its rate and a handshake slot is free. The slot is freed when
+// the connection is accepted or fails, whichever comes first.
+func (g *handshakeGuard) connContext(ctx context.Context, ci *quic.ClientInfo) (context.Context, error) {
+	if !g.allowSource(ci.RemoteAddr) {
+		g.refused.Add(1)
+		return nil, errHandshakeLimit
+	}
+	if g.active.Add(1) > g.max {
+		g.active.Add(-1)
+		g.refused.Add(1)
+		return nil, errHandshakeLimit
+	}
+	done := sync.OnceFunc(func() { g.active.Add(-1) })
+	context.AfterFunc(ctx, done)
+	return context.WithValue(ctx, handshakeDone{}, done), nil
+}
+
+// verifySource asks clients to prove their address with a QUIC Retry once a
+// quarter of the handshake slots are taken, so that a flood from spoofed
+// addresses never reaches a handshake nor another address's rate.
+func (g *handshakeGuard) verifySource(net.Addr) bool { return g.active.Load() >= g.max/4 }
+
+func (g *handshakeGuard) allowSource(a net.Addr) bool {
+	ua, ok := a.(*net.UDPAddr)
+	if !ok {
+		return true
+	}
+	ip := ua.AddrPort().Addr().Unmap()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	l := g.sources[ip]
+	if l == nil {
+		if len(g.sources) >= maxSources {
+			for k, l := range g.sources {
+				if l.Tokens() >= float64(g.burst) {
+					delete(g.sources, k)
+				}
+			}
+			if len(g.sources) >= maxSources {
+				clear(g.sources)
+			}
+		}
+		l = rate.NewLimiter(g.rate, g.burst)
+		g.sources[ip] = l
+	}
+	return l.Allow()
+}
+
 // Conn is an authenticated connection to a peer; it multiplexes streams.
 type Conn struct {
 	qc   *quic.Conn
@@ -439,6 +554,11 @@ func (c *Conn) AcceptStream(ctx context.Context) (Stream, error) {
 // Close closes the connection, telling the peer; open streams fail on both sides.
 func (c *Conn) Close() error {
 	return c.qc.CloseWithError(codeConnClosed, "")
+}
+
+// closeWith closes the connection telling the peer why, with one of the codes above.
+func (c *Conn) closeWith(code quic.ApplicationErrorCode, reason string) error {
+	return c.qc.CloseWithError(code, reason)
 }
 
 // Done is closed when the connection ends, whichever side closed it or timed out.

@@ -13,7 +13,8 @@ import (
 )
 
 // serveMetrics exposes Prometheus metrics at http://addr/metrics: commits, entries
-// received, applied and rejected, kv writes, peers active, pushes pending, per sync
+// received, applied and rejected, kv writes, peers active, pushes pending, what
+// hostile peers tried (netsync.AbuseStats), per sync
 // the entries moved and its duration, and per FUSE operation a latency histogram
 // (its _count is the number of requests) and an error count. stop closes the
 // listener.
@@ -36,6 +37,15 @@ func serveMetrics(n *node, addr string, log *slog.Logger) (stop func(), err erro
 	})
 	set.NewGauge("eidefs_push_pending", func() float64 { p, _ := n.sync.Queues(); return float64(p) })
 	set.NewGauge("eidefs_peers_retrying", func() float64 { _, r := n.sync.Queues(); return float64(r) })
+	abuse := func(f func(a netsync.AbuseStats) uint64) func() float64 {
+		return func() float64 { return float64(f(n.sync.Abuse())) }
+	}
+	set.NewGauge("eidefs_protocol_errors_total", abuse(func(a netsync.AbuseStats) uint64 { return a.ProtocolErrors }))
+	set.NewGauge("eidefs_protocol_errors_strangers_total", abuse(func(a netsync.AbuseStats) uint64 { return a.StrangerErrors }))
+	set.NewGauge("eidefs_forged_uploads_total", abuse(func(a netsync.AbuseStats) uint64 { return a.ForgedUploads }))
+	set.NewGauge("eidefs_connections_refused_total", abuse(func(a netsync.AbuseStats) uint64 { return a.ConnsRefused }))
+	set.NewGauge("eidefs_requests_limited_total", abuse(func(a netsync.AbuseStats) uint64 { return a.RequestsLimited }))
+	set.NewGauge("eidefs_handshakes_refused_total", abuse(func(a netsync.AbuseStats) uint64 { return a.HandshakesRefused }))
 	syncs := set.NewCounter(`eidefs_syncs_total{result="ok"}`)
 	failed := set.NewCounter(`eidefs_syncs_total{result="failed"}`)
 	moved := set.NewCounter("eidefs_sync_entries_total")
