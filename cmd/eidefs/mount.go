@@ -37,6 +37,11 @@ func newMountCmd(g *globals) *cobra.Command {
 			if background && os.Getenv(backgroundChild) == "" {
 				return startInBackground(cmd, g, dir)
 			}
+			// Signals are caught before anything shows that the node is up (the
+			// control socket, the mount): one sent as soon as it is must unmount
+			// cleanly, not kill the process and leave a dead mount behind.
+			sigs := make(chan os.Signal, 1)
+			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 			// The control socket is up before the mount appears, so a script that waits
 			// for the mount can use the CLI at once.
 			n, log, stop, err := startDaemon(g, listen, metricsAddr)
@@ -63,8 +68,6 @@ func newMountCmd(g *globals) *cobra.Command {
 			defer stopWatch()
 			log.Info("mounted", "dir", dir, "data", n.dir, "key", n.inst.Identity().Public().String(), "listen", strings.Join(n.sync.Addrs(), ","))
 
-			sigs := make(chan os.Signal, 1)
-			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 			// `eidefs umount DIR`, run through the control socket, ends the mount as
 			// a signal does.
 			n.mu.Lock()

@@ -65,6 +65,10 @@ func newServeCmd(g *globals) *cobra.Command {
 		Short: "Run this node's sync without a mount (foreground)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Caught before the control socket shows that the node is up: a signal
+			// sent as soon as it is must stop the node cleanly, not kill it.
+			sigs := make(chan os.Signal, 1)
+			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 			n, log, stop, err := startDaemon(g, listen, metricsAddr)
 			if err != nil {
 				return err
@@ -72,8 +76,6 @@ func newServeCmd(g *globals) *cobra.Command {
 			defer stop()
 			defer watchConfig(n, log, nil)()
 			log.Info("serving", "listen", strings.Join(n.sync.Addrs(), ","), "key", n.inst.Identity().Public().String())
-			sigs := make(chan os.Signal, 1)
-			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 			s := <-sigs
 			log.Info("stopping", "signal", s.String())
 			return nil
