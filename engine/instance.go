@@ -742,6 +742,9 @@ func (g *group) applyOne(d decoded, origin string, res *ApplyResult) {
 		if _, ok := g.metas[p]; ok {
 			continue // stored in this group, or already read
 		}
+		if _, ok := g.in.recent[p]; ok {
+			continue // stored by a recent group (a sync's previous batch)
+		}
 		if ok, _ := g.s.Has(key(pMeta, p[:])); !ok {
 			missing[p] = true
 		}
