@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"regexp"
 	"strings"
@@ -83,18 +84,23 @@ func defaultConfig() Config {
 
 // loadConfig reads path over the defaults. Errors carry file, line and column.
 func loadConfig(path string) (Config, error) {
-	c := defaultConfig()
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return c, nil
+		return defaultConfig(), nil
 	} else if err != nil {
-		return c, err
+		return defaultConfig(), err
 	}
+	return parseConfig(path, b)
+}
+
+// parseConfig parses b, the content of the file path, over the defaults.
+func parseConfig(path string, b []byte) (Config, error) {
+	c := defaultConfig()
 	md, err := toml.Decode(string(b), &c)
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return c, fmt.Errorf("%s:%d:%d: %s", path, pe.Position.Line, pe.Position.Col, pe.Message)
+			return c, fmt.Errorf("%s:%d:%d: %s", path, errorLine(string(b), pe), max(pe.Position.Col, 1), pe.Message)
 		}
 		return c, fmt.Errorf("%s: %v", path, err)
 	}
@@ -120,6 +126,20 @@ func loadConfig(path string) (Config, error) {
 	return c, nil
 }
 
+// errorLine is the line of a TOML error. The toml package counts lines wrongly
+// at the end of the input (line 0 for `"\` alone), but its byte offset, which
+// starts after any byte order mark, is right.
+func errorLine(text string, pe toml.ParseError) int {
+	for _, bom := range []string{"\xef\xbb\xbf", "\xff\xfe", "\xfe\xff"} {
+		if t, ok := strings.CutPrefix(text, bom); ok {
+			text = t
+			break
+		}
+	}
+	start := min(max(pe.Position.Start, 0), len(text))
+	return strings.Count(text[:start], "\n") + 1
+}
+
 // findKey locates the first line that assigns key, for error messages.
 func findKey(text, key string) (int, int) {
 	re := regexp.MustCompile(`^\s*"?` + regexp.QuoteMeta(key) + `"?\s*=`)
@@ -138,7 +158,7 @@ func parseSize(s string) (int, error) {
 		mult   int
 	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"B", 1}}
 	s = strings.TrimSpace(s)
-	mult := 1
+	whole, mult := s, 1
 	for _, u := range units {
 		if strings.HasSuffix(s, u.suffix) {
 			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
@@ -148,6 +168,9 @@ func parseSize(s string) (int, error) {
 	var n int
 	if _, err := fmt.Sscanf(s, "%d", &n); err != nil || n <= 0 || fmt.Sprint(n) != s {
 		return 0, fmt.Errorf("bad size %q (want e.g. 64MiB)", s)
+	}
+	if n > math.MaxInt/mult {
+		return 0, fmt.Errorf("size %q is too large", whole) // n * mult would wrap around
 	}
 	return n * mult, nil
 }
