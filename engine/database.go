@@ -160,7 +160,13 @@ func (d *Database) Stat(store string, path []string) (Node, error) {
 // List calls fn for each visible child of the map at path in store, by name,
 // until fn returns false.
 func (d *Database) List(store string, path []string, fn func(DirEntry) bool) error {
-	return listDir(d.in.kv, &d.in.maps, d.id, store, path, fn)
+	return listDir(d.in.kv, &d.in.maps, d.id, store, path, "", fn)
+}
+
+// ListAfter is List from the first name after after, so a long listing can be read
+// in pages. Names come in the store's order (bytes, as in the keys).
+func (d *Database) ListAfter(store string, path []string, after string, fn func(DirEntry) bool) error {
+	return listDir(d.in.kv, &d.in.maps, d.id, store, path, after, fn)
 }
 
 // Stores lists the visible stores.

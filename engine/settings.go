@@ -104,7 +104,7 @@ func readSettings(r kv.Reader, db ID) (*Settings, error) {
 	s.Name = str("name")
 	s.Description = str("description")
 	var keys []string
-	err := listDir(r, nil, db, SettingsStore, []string{"auth"}, func(d DirEntry) bool {
+	err := listDir(r, nil, db, SettingsStore, []string{"auth"}, "", func(d DirEntry) bool {
 		if d.Kind == OpMap {
 			keys = append(keys, d.Name)
 		}

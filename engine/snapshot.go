@@ -106,7 +106,7 @@ func (s *Snapshot) Get(store string, path []string) (Node, error) {
 
 // List is Database.List in the snapshot.
 func (s *Snapshot) List(store string, path []string, fn func(DirEntry) bool) error {
-	return listDir(s.r, nil, s.db, store, path, fn)
+	return listDir(s.r, nil, s.db, store, path, "", fn)
 }
 
 // FindEntry returns the database's entry whose hex id starts with prefix (at least

@@ -295,7 +295,26 @@ type DirEntry struct {
 	Node
 }
 
-func listDir(r kv.Reader, cache *mapCache, db ID, store string, dir []string, fn func(DirEntry) bool) error {
+// iterateChildren iterates the child keys under prefix, from the first name
+// after after ("": all) when the reader can start there.
+func iterateChildren(r kv.Reader, prefix []byte, after string, fn func(k, v []byte) bool) error {
+	if after == "" {
+		return r.Iterate(prefix, false, fn)
+	}
+	start := append(appendName(bytes.Clone(prefix), after), 0) // the next key after after's
+	if f, ok := r.(interface {
+		IterateFrom(prefix, start []byte, fn func(k, v []byte) bool) error
+	}); ok {
+		return f.IterateFrom(prefix, start, fn)
+	}
+	return r.Iterate(prefix, false, func(k, v []byte) bool {
+		return bytes.Compare(k, start) < 0 || fn(k, v)
+	})
+}
+
+// listDir lists dir's visible children whose names come after after ("": all), in
+// the store's name order.
+func listDir(r kv.Reader, cache *mapCache, db ID, store string, dir []string, after string, fn func(DirEntry) bool) error {
 	rec, maxOv, err := resolve(r, cache, db, store, dir)
 	if err != nil {
 		return err
@@ -305,7 +324,7 @@ func listDir(r kv.Reader, cache *mapCache, db ID, store string, dir []string, fn
 	}
 	prefix := childrenPrefix(db, store, dir)
 	var derr error
-	err = r.Iterate(prefix, false, func(k, v []byte) bool {
+	err = iterateChildren(r, prefix, after, func(k, v []byte) bool {
 		var c pathRec
 		if derr = decMode.Unmarshal(v, &c); derr != nil {
 			return false

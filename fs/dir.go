@@ -118,12 +118,78 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 			overlay[name] = ch
 		}
 	}
-	var entries []fuse.DirEntry
-	seen := map[string]bool{}
-	err := l.db.List(l.store, l.path, func(e engine.DirEntry) bool {
-		cl := l.child(e.Name)
-		if d.fsys.isHidden(cl) {
-			return true
+	ds := &dirStream{d: d, l: l, overlay: overlay}
+	ds.fill() // the first page now, so a directory that is gone fails opendir
+	if ds.errno != 0 {
+		return nil, ds.errno
+	}
+	return ds, 0
+}
+
+// dirPage is how many stored names a listing reads at a time: a directory of a
+// million keys is listed without holding a million names.
+const dirPage = 1024
+
+// dirStream lists a directory page by page, in the store's name order, then the
+// files only in memory that the store does not have.
+type dirStream struct {
+	d       *dirNode
+	l       loc
+	overlay map[string]*gofs.Inode
+	listed  []string // overlay names the store listed too
+	page    []fuse.DirEntry
+	next    int
+	pos     uint64        // entries returned so far
+	after   string        // the last stored name read
+	done    bool          // the stored listing is exhausted (and the overlay added)
+	errno   syscall.Errno // of the first page: opendir fails with it
+}
+
+func (s *dirStream) HasNext() bool {
+	if s.next == len(s.page) && !s.done {
+		s.fill()
+	}
+	return s.next < len(s.page)
+}
+
+func (s *dirStream) Next() (fuse.DirEntry, syscall.Errno) {
+	s.next++
+	s.pos++
+	e := s.page[s.next-1]
+	e.Off = s.pos // telldir's answer: entries read so far
+	return e, 0
+}
+
+// Seekdir goes to offset off (a telldir answer): from the start, skipping off
+// entries. Programs rarely seek; listings need not hold every name for them.
+func (s *dirStream) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	if off == s.pos {
+		return 0
+	}
+	s.page, s.next, s.pos, s.after, s.done, s.listed = nil, 0, 0, "", false, nil
+	for s.pos < off && s.HasNext() {
+		s.Next()
+	}
+	return 0
+}
+
+func (s *dirStream) Close() {}
+
+var _ = (gofs.FileSeekdirer)((*dirStream)(nil))
+
+// fill reads the next page of stored names; after the last one, the overlay.
+func (s *dirStream) fill() {
+	d, l := s.d, s.l
+	s.page, s.next = s.page[:0], 0
+	n := 0
+	err := l.db.ListAfter(l.store, l.path, s.after, func(e engine.DirEntry) bool {
+		n++
+		s.after = e.Name
+		if _, ok := s.overlay[e.Name]; ok {
+			s.listed = append(s.listed, e.Name)
+		}
+		if d.fsys.isHidden(l.child(e.Name)) {
+			return n < dirPage
 		}
 		de := fuse.DirEntry{Name: e.Name}
 		switch e.Kind {
@@ -137,19 +203,26 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		if ch := d.GetChild(e.Name); ch != nil && ch.StableAttr().Mode == de.Mode {
 			de.Ino = ch.StableAttr().Ino // a node that moved here keeps its number
 		}
-		seen[e.Name] = true
-		entries = append(entries, de)
-		return true
+		s.page = append(s.page, de)
+		return n < dirPage
 	})
 	if err != nil {
-		return nil, toErrno(err)
+		if s.after == "" {
+			s.errno = toErrno(err) // opendir fails
+		}
+		// The directory went away while it was being read: the listing ends
+		// there, as on a local disk.
+		s.done = true
+		return
 	}
-	for name, ch := range overlay {
-		if !seen[name] {
-			entries = append(entries, fuse.DirEntry{Name: name, Mode: syscall.S_IFREG, Ino: ch.StableAttr().Ino})
+	if n < dirPage {
+		s.done = true
+		for name, ch := range s.overlay {
+			if !slices.Contains(s.listed, name) {
+				s.page = append(s.page, fuse.DirEntry{Name: name, Mode: syscall.S_IFREG, Ino: ch.StableAttr().Ino})
+			}
 		}
 	}
-	return gofs.NewListDirStream(entries), 0
 }
 
 // exists reports whether name is visible in the directory at l (stored or overlay).

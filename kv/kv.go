@@ -203,6 +203,16 @@ func (d *DB) Iterate(prefix []byte, reverse bool, fn func(k, v []byte) bool) err
 	return iterate(d.ldb.NewIterator(util.BytesPrefix(prefix), nil), reverse, fn)
 }
 
+// IterateFrom calls fn for each key with the prefix that is >= start, in key
+// order, until fn returns false.
+func (d *DB) IterateFrom(prefix, start []byte, fn func(k, v []byte) bool) error {
+	r := util.BytesPrefix(prefix)
+	if bytes.Compare(start, r.Start) > 0 {
+		r.Start = start
+	}
+	return iterate(d.ldb.NewIterator(r, nil), false, fn)
+}
+
 // Seek: see Reader.
 func (d *DB) Seek(prefix, key []byte, reverse bool) ([]byte, []byte, error) {
 	return seek(d.ldb.NewIterator(util.BytesPrefix(prefix), nil), key, reverse)
