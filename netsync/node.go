@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/quic-go/quic-go"
+
 	"github.com/eidefs/eidefs/engine"
 	"github.com/eidefs/eidefs/kv"
 )
@@ -391,9 +393,25 @@ func (n *Node) stream(ctx context.Context, key engine.PublicKey) (Stream, error)
 
 // SyncDB syncs one database with one peer now and records the outcome.
 func (n *Node) SyncDB(ctx context.Context, key engine.PublicKey, db engine.ID) Result {
+	res := n.syncDB(ctx, key, db)
+	if errors.As(res.Err, new(*quic.StatelessResetError)) {
+		// The peer restarted since this connection was made: its new process
+		// answered the old connection with a reset. Once more on a fresh one.
+		n.dropConns(key)
+		res = n.syncDB(ctx, key, db)
+	}
+	if errors.Is(res.Err, errForged) {
+		n.abuse.forged.Add(1)
+		n.punish(key, codeForged, res.Err)
+	}
+	return n.finish(res)
+}
+
+// syncDB is one attempt of SyncDB, not yet recorded.
+func (n *Node) syncDB(ctx context.Context, key engine.PublicKey, db engine.ID) Result {
 	s, err := n.stream(ctx, key)
 	if err != nil {
-		return n.finish(Result{Peer: key, DB: db, Started: time.Now(), Err: err})
+		return Result{Peer: key, DB: db, Started: time.Now(), Err: err}
 	}
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	n.mu.Lock()
@@ -409,11 +427,7 @@ func (n *Node) SyncDB(ctx context.Context, key engine.PublicKey, db engine.ID) R
 	if res.Err == nil {
 		res.Err = n.repair(ctx, key, db, &res)
 	}
-	if errors.Is(res.Err, errForged) {
-		n.abuse.forged.Add(1)
-		n.punish(key, codeForged, res.Err)
-	}
-	return n.finish(res)
+	return res
 }
 
 // repair fetches entries a version vector cannot describe (an author's chain that
