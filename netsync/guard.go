@@ -147,11 +147,17 @@ func (n *Node) admitRequest(peer engine.PublicKey, op string) (release func(), e
 	if g == nil { // the connection is already gone
 		return nil, fmt.Errorf("%w: connection closed", ErrBusy)
 	}
-	ctx, cancel := context.WithTimeout(n.ctx, requestWait)
-	defer cancel()
-	if err := g.limit.Wait(ctx); err != nil {
-		n.abuse.limited.Add(1)
-		return nil, fmt.Errorf("%w: over %d requests a second", ErrBusy, requestRate)
+	// Pushes follow the peer's commits, one at a time per peer: a writer's burst
+	// would otherwise wait for tokens, and replication lag with it. They are
+	// bounded by the upload slots below, and what they carry is verified. A hello
+	// (health check) costs nothing to answer.
+	if op != "push" && op != "hello" {
+		ctx, cancel := context.WithTimeout(n.ctx, requestWait)
+		defer cancel()
+		if err := g.limit.Wait(ctx); err != nil {
+			n.abuse.limited.Add(1)
+			return nil, fmt.Errorf("%w: over %d requests a second", ErrBusy, requestRate)
+		}
 	}
 	switch op {
 	case "sync", "bootstrap", "push":
