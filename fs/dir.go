@@ -185,11 +185,11 @@ func (s *dirStream) fill() {
 	err := l.db.ListAfter(l.store, l.path, s.after, func(e engine.DirEntry) bool {
 		n++
 		s.after = e.Name
+		if d.fsys.isHiddenEntry(l.child(e.Name), e) {
+			return n < dirPage // a file in memory of that name, if any, is listed last
+		}
 		if _, ok := s.overlay[e.Name]; ok {
 			s.listed = append(s.listed, e.Name)
-		}
-		if d.fsys.isHidden(l.child(e.Name)) {
-			return n < dirPage
 		}
 		de := fuse.DirEntry{Name: e.Name}
 		switch e.Kind {
@@ -412,7 +412,7 @@ func (f *FS) nonEmpty(parent *gofs.Inode, l loc) bool {
 	}
 	found := false
 	l.db.List(l.store, l.path, func(e engine.DirEntry) bool {
-		found = !f.isHidden(l.child(e.Name))
+		found = !f.isHiddenEntry(l.child(e.Name), e)
 		return !found
 	})
 	return found
@@ -722,7 +722,7 @@ func (f *FS) walk(l loc, fn func(rel []string, n engine.Node)) error {
 		}
 		for _, k := range kids {
 			r := append(slices.Clone(rel), k.Name)
-			if f.isHidden(loc{db: l.db, store: l.store, path: append(slices.Clone(l.path), r...)}) {
+			if f.isHiddenEntry(loc{db: l.db, store: l.store, path: append(slices.Clone(l.path), r...)}, k) {
 				continue
 			}
 			if k.Kind == engine.OpMap {

@@ -78,12 +78,11 @@ type FS struct {
 	sub      *engine.Subscription
 	done     chan struct{}
 
-	hideMu     sync.Mutex // serialises hidden deletes with unhide; taken before mu
-	mu         sync.Mutex // guards hidden, hiddenLocs, open, gens and opts.LocalOnly
-	hidden     map[string]*time.Timer
-	hiddenLocs map[string]loc
-	open       map[*fileNode]bool // nodes with content in memory
-	gens       map[genKey]uint32  // see childIno
+	hideMu sync.Mutex // serialises hidden deletes with unhide; taken before mu
+	mu     sync.Mutex // guards hidden, open, gens and opts.LocalOnly
+	hidden map[string]*hiddenKey
+	open   map[*fileNode]bool // nodes with content in memory
+	gens   map[genKey]uint32  // see childIno
 }
 
 // originFS tags the commits made by the filesystem, whose kernel caches are
@@ -101,7 +100,7 @@ func Mount(dir string, o Options) (*FS, error) {
 		o.MaxValue = 64 << 20
 	}
 	f := &FS{inst: o.Instance, opts: o, uid: uint32(syscall.Getuid()), gid: uint32(syscall.Getgid()),
-		hidden: map[string]*time.Timer{}, hiddenLocs: map[string]loc{}, gens: map[genKey]uint32{}, open: map[*fileNode]bool{}, done: make(chan struct{})}
+		hidden: map[string]*hiddenKey{}, gens: map[genKey]uint32{}, open: map[*fileNode]bool{}, done: make(chan struct{})}
 	f.root = &rootNode{fsys: f}
 	f.ctl = &ctlFile{fsys: f}
 	entry, attr := o.EntryTimeout, o.AttrTimeout
@@ -163,8 +162,8 @@ func (f *FS) stop() {
 	}
 	f.mu.Lock()
 	var keys []string
-	for k, t := range f.hidden {
-		if t.Stop() {
+	for k, h := range f.hidden {
+		if h.timer.Stop() {
 			keys = append(keys, k)
 		}
 	}

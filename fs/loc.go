@@ -72,21 +72,28 @@ func (f *FS) writable(l loc) syscall.Errno {
 // A key renamed to a local-only name (an editor moving the original aside as a
 // backup) is hidden at once, and its deletion committed after hideDelay unless the
 // key is written again first: then the editor's save is one commit.
-
+//
+// What is hidden is the key's version at the time (its entry), not the path: once
+// anything else is at that path (a directory moved there, a file a peer wrote), it
+// shows, and the delayed delete leaves it alone.
 type hiddenKey struct {
-	l     loc
-	timer *time.Timer
+	l       loc
+	version engine.ID
+	timer   *time.Timer
 }
 
 func (f *FS) hide(l loc) {
+	n, err := l.db.Stat(l.store, l.path)
+	if err != nil || n.Kind == engine.OpMap {
+		return // nothing stored to hide
+	}
 	k := l.key()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, ok := f.hidden[k]; ok {
 		return
 	}
-	f.hidden[k] = time.AfterFunc(hideDelay, func() { f.commitHiddenDelete(k) })
-	f.hiddenLocs[k] = l
+	f.hidden[k] = &hiddenKey{l: l, version: n.Entry, timer: time.AfterFunc(hideDelay, func() { f.commitHiddenDelete(k) })}
 }
 
 // unhide cancels a pending hidden delete; the caller is about to overwrite the key.
@@ -98,34 +105,53 @@ func (f *FS) unhide(l loc) {
 	defer f.hideMu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if t, ok := f.hidden[k]; ok {
-		t.Stop()
+	if h, ok := f.hidden[k]; ok {
+		h.timer.Stop()
 		delete(f.hidden, k)
-		delete(f.hiddenLocs, k)
 	}
 }
 
-func (f *FS) isHidden(l loc) bool {
+// hiddenVersion returns the version hidden at l, if any.
+func (f *FS) hiddenVersion(l loc) (engine.ID, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	_, ok := f.hidden[l.key()]
-	return ok
+	h, ok := f.hidden[l.key()]
+	if !ok {
+		return engine.ID{}, false
+	}
+	return h.version, true
+}
+
+// isHidden reports whether the key at l is one renamed to a local-only name.
+func (f *FS) isHidden(l loc) bool {
+	v, ok := f.hiddenVersion(l)
+	if !ok {
+		return false
+	}
+	n, err := l.db.Stat(l.store, l.path)
+	return err == nil && n.Entry == v
+}
+
+// isHiddenEntry is isHidden for a listed entry, without reading the key again.
+func (f *FS) isHiddenEntry(l loc, e engine.DirEntry) bool {
+	v, ok := f.hiddenVersion(l)
+	return ok && e.Entry == v
 }
 
 func (f *FS) commitHiddenDelete(k string) {
 	f.hideMu.Lock()
 	defer f.hideMu.Unlock()
 	f.mu.Lock()
-	l, ok := f.hiddenLocs[k]
+	h, ok := f.hidden[k]
 	delete(f.hidden, k)
-	delete(f.hiddenLocs, k)
 	f.mu.Unlock()
 	if !ok {
 		return
 	}
-	// Only while the key is still there: a delete below a directory that is gone
-	// would bring the directory back (a delete at a/b/c implies maps at a and a/b).
-	if n, err := l.db.Stat(l.store, l.path); err != nil || n.Kind == engine.OpMap {
+	l := h.l
+	// Only while the hidden version is still there: not what replaced it, and not
+	// below a directory that is gone (a delete at a/b/c implies maps at a and a/b).
+	if n, err := l.db.Stat(l.store, l.path); err != nil || n.Kind == engine.OpMap || n.Entry != h.version {
 		return
 	}
 	f.commit(l.db, engine.Journal, func(tx *engine.Tx) { tx.Store(l.store).Delete(l.path) })
