@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
-	"os"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -30,8 +28,8 @@ import (
 // does; the others with a 64 KiB memtable, which opens fast and makes goleveldb
 // switch journals during the run.
 func TestPowerCut(t *testing.T) {
-	cuts := envInt(t, "EIDEFS_POWERCUT_CUTS", 200)
-	base := int64(envInt(t, "EIDEFS_POWERCUT_SEED", 1))
+	cuts := kvtest.EnvInt(t, "EIDEFS_POWERCUT_CUTS", 200)
+	base := int64(kvtest.EnvInt(t, "EIDEFS_POWERCUT_SEED", 1))
 	t.Logf("seeds from %d (EIDEFS_POWERCUT_SEED), %d cuts (EIDEFS_POWERCUT_CUTS)", base, cuts)
 	var st powerCutStats
 	start := time.Now()
@@ -55,18 +53,6 @@ func TestPowerCut(t *testing.T) {
 	if st.lost == 0 {
 		t.Fatal("no cut lost an unsynced commit: the cuts do not drop what was not synced")
 	}
-}
-
-func envInt(t *testing.T, name string, def int) int {
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil {
-		t.Fatalf("%s=%q: %v", name, s, err)
-	}
-	return n
 }
 
 type powerCutStats struct {

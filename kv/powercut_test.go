@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -24,8 +23,8 @@ import (
 // logged); EIDEFS_POWERCUT_CUTS raises the number of cuts (default 200; this test
 // makes half as many).
 func TestPowerCutAcrossJournalSwitches(t *testing.T) {
-	cuts := envInt(t, "EIDEFS_POWERCUT_CUTS", 200) / 2
-	base := int64(envInt(t, "EIDEFS_POWERCUT_SEED", 1))
+	cuts := kvtest.EnvInt(t, "EIDEFS_POWERCUT_CUTS", 200) / 2
+	base := int64(kvtest.EnvInt(t, "EIDEFS_POWERCUT_SEED", 1))
 	t.Logf("seeds from %d (EIDEFS_POWERCUT_SEED), %d cuts", base, cuts)
 	o := Options{Memtable: 4 << 10}
 	start := time.Now()
@@ -78,18 +77,6 @@ func TestPowerCutAcrossJournalSwitches(t *testing.T) {
 		}
 	}
 	t.Logf("%d cuts, %d batches checked, %d unpromised lost, in %v", done, checked, lost, time.Since(start).Round(time.Millisecond))
-}
-
-func envInt(t *testing.T, name string, def int) int {
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil {
-		t.Fatalf("%s=%q: %v", name, s, err)
-	}
-	return n
 }
 
 type ackedBatch struct {
