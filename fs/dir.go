@@ -297,11 +297,11 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	fn := ch.Operations().(*fileNode)
 	fn.mu.Lock()
 	defer fn.mu.Unlock()
-	c := &content{loaded: true, dirty: !local, mtime: nowMs(), refs: 1}
+	c := &content{loaded: true, dirty: !local, mtime: nowMs(), refs: 1, writers: 1}
 	fn.cur, fn.local, fn.pending = c, local, !local
 	d.fsys.track(fn, true)
 	fn.attrFromContent(c, &out.Attr)
-	return ch, &handle{c: c, append: flags&syscall.O_APPEND != 0}, 0, 0
+	return ch, &handle{c: c, append: flags&syscall.O_APPEND != 0, write: true}, 0, 0
 }
 
 func (d *dirNode) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {

@@ -27,6 +27,7 @@ type content struct {
 	store   string    // where version set it: the value is read from there
 	path    []string  // once the key has changed or gone
 	dirty   bool      // written since loaded or last committed
+	writers int       // open handles that may write: their closes commit
 	mtime   time.Time
 	refs    int
 }
@@ -101,6 +102,7 @@ var (
 type handle struct {
 	c       *content
 	append  bool
+	write   bool // opened for writing (or created): its close commits
 	wrote   bool // write(2) went through this handle
 	flushes int
 }
@@ -202,9 +204,17 @@ func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 				resize(c, int(sz))
 				n.kernelVersion = engine.ID{}
 			}
+			// truncate(2) while only readers have the file open: nobody's close
+			// will commit it, so it is committed now, as it returns.
+			commitNow := f == nil && c.writers == 0
 			n.mu.Unlock()
 			if errno != 0 {
 				return errno
+			}
+			if commitNow {
+				if errno := n.commitContent(c, engine.Journal); errno != 0 {
+					return errno
+				}
 			}
 		} else {
 			n.mu.Unlock()
@@ -269,6 +279,9 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	}
 	c := n.cur
 	c.refs++
+	if write {
+		c.writers++
+	}
 	n.fsys.track(n, true)
 	if write && flags&syscall.O_TRUNC != 0 {
 		c.data, c.loaded = nil, true
@@ -283,7 +296,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	} else {
 		n.kernelVersion = engine.ID{}
 	}
-	return &handle{c: c, append: flags&syscall.O_APPEND != 0}, fuseFlags, 0
+	return &handle{c: c, append: flags&syscall.O_APPEND != 0, write: write}, fuseFlags, 0
 }
 
 func (n *fileNode) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -342,7 +355,9 @@ func (n *fileNode) Write(ctx context.Context, f gofs.FileHandle, data []byte, of
 func (n *fileNode) Flush(ctx context.Context, f gofs.FileHandle) syscall.Errno {
 	h := f.(*handle)
 	h.flushes++
-	if !h.wrote && h.flushes == 1 {
+	if !h.write || (!h.wrote && h.flushes == 1) {
+		// A reader's close commits nothing, not even what a writer sharing the
+		// content has written so far: that writer's close commits it.
 		return 0
 	}
 	return n.commitContent(h.c, engine.Journal)
@@ -361,10 +376,15 @@ func (n *fileNode) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) s
 
 func (n *fileNode) Release(ctx context.Context, f gofs.FileHandle) syscall.Errno {
 	h := f.(*handle)
-	n.commitContent(h.c, engine.Journal) // creations and truncations without writes
+	if h.write {
+		n.commitContent(h.c, engine.Journal) // creations and truncations without writes
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	h.c.refs--
+	if h.write {
+		h.c.writers--
+	}
 	if h.c.refs <= 0 && h.c == n.cur && !h.c.dirty && !n.local && !n.pending {
 		n.cur = nil
 		n.fsys.track(n, false)

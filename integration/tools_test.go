@@ -1643,3 +1643,57 @@ func TestRemoteChangeInvalidation(t *testing.T) {
 		t.Errorf("get after unmount = %q", got)
 	}
 }
+
+// TestReaderCloseCommitsNothing: a reader's close does not commit what a writer
+// sharing the file has written so far (the writer's close does, once), and a
+// truncate(2) while only readers have the file open is committed as it returns.
+func TestReaderCloseCommitsNothing(t *testing.T) {
+	m := mount(t, mountOpts{})
+	store := newStore(t, m, "notes", "todo")
+	path := filepath.Join(store, "f")
+	writeFile(t, path, "original\n")
+
+	before := commits(t, m, "notes")
+	r, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Truncate(0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WriteString("half "); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	expectCommits(t, m, "notes", before, 0, "a reader's close during a write")
+	if _, err := w.WriteString("done\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	expectCommits(t, m, "notes", before, 1, "the writer's close")
+	if got := mustCLI(t, m.Data, "get", "notes", "todo", "f"); got != "half done\n" {
+		t.Errorf("eidefs get = %q, want the writer's whole content", got)
+	}
+
+	before = commits(t, m, "notes")
+	r, err = os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := os.Truncate(path, 4); err != nil {
+		t.Fatal(err)
+	}
+	expectCommits(t, m, "notes", before, 1, "truncate(2) while a reader has the file open")
+	if got := mustCLI(t, m.Data, "get", "notes", "todo", "f"); got != "half" {
+		t.Errorf("after truncate(2) eidefs get = %q, want %q", got, "half")
+	}
+}
