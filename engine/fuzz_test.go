@@ -6,15 +6,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"testing/cryptotest"
 	"time"
+
+	"github.com/eidefs/eidefs/internal/fuzzcorpus"
 )
 
 // The engine decodes two things that arrive from peers: entries and version
@@ -353,14 +352,18 @@ func TestFuzzSeedCorpus(t *testing.T) {
 	for target, seeds := range fuzzSeeds(t) {
 		dir := filepath.Join("testdata", "fuzz", target)
 		if *writeSeeds {
-			if err := rewriteSeeds(dir, seeds); err != nil {
+			var cs []fuzzcorpus.Seed
+			for _, s := range seeds {
+				cs = append(cs, fuzzcorpus.Seed{Name: s.name, Arg: s.data})
+			}
+			if err := fuzzcorpus.Rewrite(dir, cs); err != nil {
 				t.Fatal(err)
 			}
 			continue
 		}
 		for _, s := range seeds {
-			path := filepath.Join(dir, "seed-"+s.name)
-			data, err := readCorpusFile(path)
+			path := fuzzcorpus.Path(dir, s.name)
+			data, err := fuzzcorpus.ReadBytes(path)
 			if err != nil {
 				t.Fatalf("%v (rewrite the corpus: go test -run TestFuzzSeedCorpus ./engine -write-seeds)", err)
 			}
@@ -382,49 +385,4 @@ func checkSeedDecodes(t *testing.T, target, path string, data []byte) {
 	if err != nil {
 		t.Errorf("%s no longer decodes: %v (rewrite the corpus: go test -run TestFuzzSeedCorpus ./engine -write-seeds)", path, err)
 	}
-}
-
-const corpusHeader = "go test fuzz v1\n"
-
-// rewriteSeeds replaces the seed files in dir, leaving crashers found by fuzzing,
-// each a one-argument ([]byte) file of Go's fuzz corpus.
-func rewriteSeeds(dir string, seeds []fuzzSeed) error {
-	old, err := filepath.Glob(filepath.Join(dir, "seed-*"))
-	if err != nil {
-		return err
-	}
-	for _, p := range old {
-		if err := os.Remove(p); err != nil {
-			return err
-		}
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	for _, s := range seeds {
-		file := fmt.Appendf([]byte(corpusHeader), "[]byte(%q)\n", s.data)
-		if err := os.WriteFile(filepath.Join(dir, "seed-"+s.name), file, 0o644); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// readCorpusFile reads a file written by rewriteSeeds.
-func readCorpusFile(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	arg, ok := strings.CutPrefix(string(b), corpusHeader)
-	arg, ok2 := strings.CutPrefix(strings.TrimSpace(arg), "[]byte(")
-	arg, ok3 := strings.CutSuffix(arg, ")")
-	if !ok || !ok2 || !ok3 {
-		return nil, fmt.Errorf("%s: not a one-[]byte fuzz corpus file", path)
-	}
-	s, err := strconv.Unquote(arg)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return []byte(s), nil
 }

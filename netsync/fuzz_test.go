@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/eidefs/eidefs/engine"
+	"github.com/eidefs/eidefs/internal/fuzzcorpus"
 	"github.com/eidefs/eidefs/kv"
 )
 
@@ -415,50 +416,20 @@ func TestFuzzSeedCorpus(t *testing.T) {
 	for target, seeds := range fuzzSeeds(t, loadFixture(t)) {
 		dir := filepath.Join("testdata", "fuzz", target)
 		if *writeSeeds {
-			if err := rewriteSeeds(dir, seeds); err != nil {
+			var cs []fuzzcorpus.Seed
+			for _, s := range seeds {
+				cs = append(cs, fuzzcorpus.Seed{Name: s.name, Arg: s.arg})
+			}
+			if err := fuzzcorpus.Rewrite(dir, cs); err != nil {
 				t.Fatal(err)
 			}
 			continue
 		}
 		for _, s := range seeds {
-			path := filepath.Join(dir, "seed-"+s.name)
-			if b, err := os.ReadFile(path); err != nil || !bytes.Equal(b, corpusFile(s.arg)) {
+			path := fuzzcorpus.Path(dir, s.name)
+			if b, err := os.ReadFile(path); err != nil || !bytes.Equal(b, fuzzcorpus.File(s.arg)) {
 				t.Errorf("%s is missing or out of date (%v): go test -run TestFuzzSeedCorpus ./netsync -write-seeds", path, err)
 			}
 		}
 	}
-}
-
-// rewriteSeeds replaces the seed files in dir, leaving crashers found by fuzzing.
-func rewriteSeeds(dir string, seeds []fuzzSeed) error {
-	old, err := filepath.Glob(filepath.Join(dir, "seed-*"))
-	if err != nil {
-		return err
-	}
-	for _, p := range old {
-		if err := os.Remove(p); err != nil {
-			return err
-		}
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	for _, s := range seeds {
-		if err := os.WriteFile(filepath.Join(dir, "seed-"+s.name), corpusFile(s.arg), 0o644); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// corpusFile is a one-argument file of Go's fuzz corpus.
-func corpusFile(arg any) []byte {
-	b := []byte("go test fuzz v1\n")
-	switch a := arg.(type) {
-	case []byte:
-		return fmt.Appendf(b, "[]byte(%q)\n", a)
-	case string:
-		return fmt.Appendf(b, "string(%q)\n", a)
-	}
-	panic(fmt.Sprintf("no corpus encoding for %T", arg))
 }
