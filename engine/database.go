@@ -228,6 +228,28 @@ func (in *Instance) Entry(id ID) ([]byte, error) {
 	return b, err
 }
 
+// ValueIn returns the value that stored entry id set at path in store: what a
+// reader that opened that version reads after the key changed. The entry was
+// verified when it was stored and Entry checks its hash, so it is only parsed.
+func (in *Instance) ValueIn(id ID, store string, path []string) ([]byte, error) {
+	raw, err := in.Entry(id)
+	if err != nil {
+		return nil, err
+	}
+	e, err := parseEntry(raw)
+	if err != nil {
+		return nil, err
+	}
+	if sn := e.Store(store); sn != nil {
+		for i := len(sn.Ops) - 1; i >= 0; i-- {
+			if op := sn.Ops[i]; op.Kind == OpValue && slices.Equal(op.Path, path) {
+				return op.Value, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("entry %s sets no value at %s/%s: %w", id.Short(), store, strings.Join(path, "/"), ErrNotFound)
+}
+
 // Conflict is a write that lost to a concurrent one on the same path.
 type Conflict struct {
 	Store    string

@@ -3,10 +3,8 @@ package fs
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -59,32 +57,12 @@ func (n *fileNode) loadLocked(c *content) syscall.Errno {
 			return 0
 		}
 	}
-	v, err := n.fsys.valueIn(c.version, c.store, c.path)
+	v, err := n.fsys.inst.ValueIn(c.version, c.store, c.path)
 	if err != nil {
 		return toErrno(err)
 	}
 	c.data, c.loaded = v, true
 	return 0
-}
-
-// valueIn reads the value that entry id set at path in store.
-func (f *FS) valueIn(id engine.ID, store string, path []string) ([]byte, error) {
-	raw, err := f.inst.Entry(id)
-	if err != nil {
-		return nil, err
-	}
-	e, _, err := engine.DecodeEntry(raw)
-	if err != nil {
-		return nil, err
-	}
-	if sn := e.Store(store); sn != nil {
-		for i := len(sn.Ops) - 1; i >= 0; i-- {
-			if op := sn.Ops[i]; op.Kind == engine.OpValue && slices.Equal(op.Path, path) {
-				return op.Value, nil
-			}
-		}
-	}
-	return nil, fmt.Errorf("entry %s sets no value at %s/%s: %w", id.Short(), store, strings.Join(path, "/"), engine.ErrNotFound)
 }
 
 var (
