@@ -252,6 +252,11 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 			if err != nil {
 				return nil, 0, toErrno(err)
 			}
+			if node.Kind != engine.OpValue {
+				// A peer replaced the file with a directory or a link since the
+				// kernel looked it up: this file is gone, the next lookup finds that.
+				return nil, 0, syscall.ENOENT
+			}
 			n.cur = &content{version: node.Entry, store: l.store, path: l.path, mtime: time.UnixMilli(node.Time)}
 		}
 	}
