@@ -65,6 +65,16 @@ func (f *FS) newChild(ctx context.Context, parent *gofs.Inode, l loc, n engine.N
 		f.setAttr(&out.Attr, modeFile, n.Size, n.Time)
 	}
 	ch := parent.GetChild(name)
+	if ch != nil && ch.StableAttr().Mode == st.Mode {
+		if fn, ok := ch.Operations().(*fileNode); ok && fn.replacedBy(l, n) {
+			// A version from elsewhere: the name becomes a new file (a new inode
+			// and number), as after `mv new name`; see fileNode.
+			parent.RmChild(name)
+			f.retire(parent, name)
+			st.Ino = f.childIno(parent, name, 'f')
+			ch = nil
+		}
+	}
 	if ch == nil || ch.StableAttr().Mode != st.Mode {
 		// The node already here (say, one that was renamed here and still carries
 		// its old number) is the one the kernel and open files know: keep it.
@@ -72,8 +82,15 @@ func (f *FS) newChild(ctx context.Context, parent *gofs.Inode, l loc, n engine.N
 	}
 	if fn, ok := ch.Operations().(*fileNode); ok {
 		fn.mu.Lock()
-		if fn.inMemoryLocked() && fn.cur != nil {
-			fn.attrFromContent(fn.cur, &out.Attr)
+		if fn.ver.entry.IsZero() && !fn.local && !fn.pending {
+			fn.ver = storedVersion(l, n)
+		}
+		if fn.cur != nil {
+			if errno := fn.contentAttrLocked(fn.cur, &out.Attr); errno != 0 {
+				f.setAttr(&out.Attr, modeFile, n.Size, n.Time)
+			}
+		} else {
+			f.setAttr(&out.Attr, modeFile, fn.ver.size, fn.ver.mtime.UnixMilli())
 		}
 		fn.mu.Unlock()
 	}
@@ -569,14 +586,15 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 			return 0
 		}
 		f.unhide(dst)
-		errno := f.commit(dst.db, engine.Journal, func(tx *engine.Tx) {
+		id, errno := f.commitEntry(dst.db, engine.Journal, func(tx *engine.Tx) {
 			if srcStored {
 				tx.Store(src.store).Delete(src.path)
 			}
 			tx.Store(dst.store).SetPath(dst.path, data)
 		})
 		if errno == 0 {
-			fn.local, fn.pending, fn.cur.dirty = false, false, false
+			fn.local = false
+			fn.committedLocked(fn.cur, id, dst)
 			if wasLocal {
 				ch.ForgetPersistent() // an ordinary node from now on
 			}

@@ -31,6 +31,13 @@ type content struct {
 }
 
 // fileNode is a key: a file whose bytes are the value.
+//
+// An inode stands for one stored version of the key (ver) and what is written
+// through it here. The kernel keeps one size and one page cache per inode, for
+// all its descriptors, so every answer about the inode (lookup, getattr, open,
+// read) is about that version: a version that comes from elsewhere (a peer, the
+// CLI) gives the name a new inode at the next lookup, as `mv new name` would,
+// and descriptors open on the old one go on reading what they opened, whole.
 type fileNode struct {
 	gofs.Inode
 	fsys *FS
@@ -42,6 +49,28 @@ type fileNode struct {
 	// kernelVersion is the version whose pages the kernel may hold: an open of the
 	// same version keeps the page cache (FOPEN_KEEP_CACHE); any change resets it.
 	kernelVersion engine.ID
+	// ver is the stored version this inode stands for (zero until known): set at
+	// lookup, moved on by what is committed through the inode.
+	ver version
+}
+
+// version is one stored version of a key: the entry that set it, where it set
+// it, and the value's size and time.
+type version struct {
+	entry engine.ID
+	store string
+	path  []string
+	size  int64
+	mtime time.Time
+}
+
+func storedVersion(l loc, node engine.Node) version {
+	return version{entry: node.Entry, store: l.store, path: l.path, size: node.Size, mtime: time.UnixMilli(node.Time)}
+}
+
+// content is v to be read on first use.
+func (v version) content() *content {
+	return &content{version: v.entry, store: v.store, path: v.path, mtime: v.mtime}
 }
 
 // loadLocked reads c's value on first use: the version its descriptors opened,
@@ -107,37 +136,93 @@ func (n *fileNode) attrFromContent(c *content, out *fuse.Attr) {
 	n.fsys.setAttr(out, modeFile, int64(len(c.data)), c.mtime.UnixMilli())
 }
 
+// Getattr reports the inode's version (see fileNode), or while it is open the
+// content its descriptors read, also after the key changed elsewhere or went away.
 func (n *fileNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	_, parent := n.Parent()
 	orphan := parent == nil // unlinked or replaced, still open
 	h, _ := f.(*handle)
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	c := n.cur
 	if h != nil {
 		c = h.c
 	}
-	inMemory := c != nil && (c.dirty || n.local || n.pending || orphan)
-	n.mu.Unlock()
-	if !inMemory {
-		// While the key exists its attributes are the inode's, for every
-		// descriptor: the kernel caches them per inode, not per descriptor.
-		errno := n.fsys.storedAttr(n.EmbeddedInode(), modeFile, out)
-		if errno == 0 || h == nil {
+	if c != nil {
+		if errno := n.contentAttrLocked(c, &out.Attr); errno != 0 {
 			return errno
 		}
-		// The key went away under the descriptor (a peer deleted it): it still
-		// reads the content it opened.
+		if orphan {
+			out.Nlink = 0
+		}
+		return 0
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	l, errno := n.fsys.locate(n.EmbeddedInode())
+	if errno != 0 {
+		return errno
+	}
+	if n.ver.entry.IsZero() {
+		node, err := l.db.Stat(l.store, l.path)
+		if err != nil {
+			return toErrno(err)
+		}
+		if node.Kind != engine.OpValue {
+			return syscall.ENOENT // a peer made it a directory or a link
+		}
+		n.ver = storedVersion(l, node)
+	}
+	n.fsys.setAttr(&out.Attr, modeFile, n.ver.size, n.ver.mtime.UnixMilli())
+	return 0
+}
+
+// contentAttrLocked fills out the attributes of open content c, without reading
+// it while it is the inode's version.
+func (n *fileNode) contentAttrLocked(c *content, out *fuse.Attr) syscall.Errno {
+	if !c.loaded && c.version == n.ver.entry && !c.version.IsZero() {
+		n.fsys.setAttr(out, modeFile, n.ver.size, c.mtime.UnixMilli())
+		return 0
+	}
 	if errno := n.loadLocked(c); errno != 0 {
 		return errno
 	}
-	n.attrFromContent(c, &out.Attr)
-	if orphan {
-		out.Nlink = 0
-	}
+	n.attrFromContent(c, out)
 	return 0
+}
+
+// replacedBy reports whether node, stored at l (the inode's place), is a version
+// from elsewhere: the name then needs a new inode (see fileNode). A file being
+// written keeps its inode (the writer's close commits over the change), and the
+// same bytes under another entry (the file, or a directory above it, was renamed)
+// are the same file.
+func (n *fileNode) replacedBy(l loc, node engine.Node) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.local || n.pending || (n.cur != nil && (n.cur.dirty || n.cur.writers > 0)) {
+		return false
+	}
+	if n.ver.entry.IsZero() || n.ver.entry == node.Entry {
+		n.ver = storedVersion(l, node)
+		return false
+	}
+	if node.Kind != engine.OpValue || node.Size != n.ver.size {
+		return true
+	}
+	c := n.cur
+	if c == nil {
+		c = n.ver.content()
+	}
+	if n.loadLocked(c) != 0 {
+		return true
+	}
+	stored, err := l.db.Get(l.store, l.path)
+	if err != nil || !bytes.Equal(stored.Value, c.data) {
+		return true
+	}
+	n.ver = storedVersion(l, node)
+	if n.cur != nil {
+		n.cur.version, n.cur.store, n.cur.path = node.Entry, l.store, l.path
+	}
+	return false
 }
 
 // keepOpen loads the content of an open file about to lose its name (unlink, or
@@ -209,11 +294,15 @@ func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 				return toErrno(err)
 			}
 			if int(sz) != len(cur.Value) {
-				c := &content{data: cur.Value}
+				c := &content{data: cur.Value, loaded: true}
 				resize(c, int(sz))
-				if errno := n.fsys.commit(l.db, engine.Journal, func(tx *engine.Tx) { tx.Store(l.store).SetPath(l.path, c.data) }); errno != 0 {
+				id, errno := n.fsys.commitEntry(l.db, engine.Journal, func(tx *engine.Tx) { tx.Store(l.store).SetPath(l.path, c.data) })
+				if errno != 0 {
 					return errno
 				}
+				n.mu.Lock()
+				n.committedLocked(c, id, l)
+				n.mu.Unlock()
 			}
 		}
 	}
@@ -239,25 +328,39 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	defer n.mu.Unlock()
 	if !n.local && (write || n.cur == nil) {
 		l, errno := n.fsys.locate(n.EmbeddedInode())
-		if errno != 0 {
+		switch {
+		case errno == 0:
+			if write {
+				if errno := n.fsys.writable(l); errno != 0 {
+					return nil, 0, errno
+				}
+			}
+			if n.cur == nil {
+				node, err := l.db.Stat(l.store, l.path)
+				if err != nil {
+					return nil, 0, toErrno(err)
+				}
+				if node.Kind != engine.OpValue {
+					// A peer replaced the file with a directory or a link since the
+					// kernel looked it up: this file is gone, the next lookup finds that.
+					return nil, 0, syscall.ENOENT
+				}
+				if n.ver.entry.IsZero() {
+					n.ver = storedVersion(l, node)
+				}
+				// The inode's version, also when a newer one has just come from
+				// elsewhere: the kernel has this one's size.
+				n.cur = n.ver.content()
+			}
+		case errno == syscall.ENOENT && (n.cur != nil || !n.ver.entry.IsZero()):
+			// Renamed over, or replaced by a peer's version, between the kernel's
+			// lookup and this open: as on a local disk, the open gets the file the
+			// name had then (and what is written to it goes with it).
+			if n.cur == nil {
+				n.cur = n.ver.content()
+			}
+		default:
 			return nil, 0, errno
-		}
-		if write {
-			if errno := n.fsys.writable(l); errno != 0 {
-				return nil, 0, errno
-			}
-		}
-		if n.cur == nil {
-			node, err := l.db.Stat(l.store, l.path)
-			if err != nil {
-				return nil, 0, toErrno(err)
-			}
-			if node.Kind != engine.OpValue {
-				// A peer replaced the file with a directory or a link since the
-				// kernel looked it up: this file is gone, the next lookup finds that.
-				return nil, 0, syscall.ENOENT
-			}
-			n.cur = &content{version: node.Entry, store: l.store, path: l.path, mtime: time.UnixMilli(node.Time)}
 		}
 	}
 	c := n.cur
@@ -408,25 +511,23 @@ func (n *fileNode) commitContent(c *content, d engine.Durability) syscall.Errno 
 	}
 	n.fsys.unhide(l)
 	data, mtime := c.data, c.mtime
-	if errno := n.fsys.commit(l.db, d, func(tx *engine.Tx) {
+	id, errno := n.fsys.commitEntry(l.db, d, func(tx *engine.Tx) {
 		tx.Store(l.store).SetPath(l.path, data)
 		tx.SetTime(mtime) // a file's mtime is when it was last written
-	}); errno != 0 {
+	})
+	if errno != 0 {
 		return errno
 	}
-	c.dirty, n.pending = false, false
+	n.committedLocked(c, id, l)
 	return 0
 }
 
-// dropClean forgets a clean loaded content after a remote change, so the next open
-// reads the new value.
-func (n *fileNode) dropClean() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.kernelVersion = engine.ID{}
-	if n.cur != nil && !n.cur.dirty && !n.local && !n.pending {
-		n.cur = nil
-	}
+// committedLocked records that entry id stored content c at l: the inode now
+// stands for that version.
+func (n *fileNode) committedLocked(c *content, id engine.ID, l loc) {
+	c.dirty, n.pending = false, false
+	c.version, c.store, c.path = id, l.store, l.path
+	n.ver = version{entry: id, store: l.store, path: l.path, size: int64(len(c.data)), mtime: c.mtime}
 }
 
 func (f *FS) track(n *fileNode, open bool) {

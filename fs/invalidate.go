@@ -36,17 +36,18 @@ func (f *FS) invalidateLoop() {
 
 // invalidate walks the kernel-known inodes down names from dir, drops the entry
 // of the changed name (or of the first name the kernel never looked up below), and
-// the cached content and attributes of the changed node.
+// the cached listing and attributes of a changed directory. A changed file's next
+// lookup gives its name a new inode (see fileNode); the old one, and what the
+// kernel caches of it, stay right for the descriptors still reading it.
 func (f *FS) invalidate(dir *gofs.Inode, names []string) {
 	for i, name := range names {
 		child := dir.GetChild(name)
 		if child == nil || i == len(names)-1 {
 			dir.NotifyEntry(name)
 			if child != nil {
-				if fn, ok := child.Operations().(*fileNode); ok {
-					fn.dropClean()
+				if _, file := child.Operations().(*fileNode); !file {
+					child.NotifyContent(0, 0)
 				}
-				child.NotifyContent(0, 0)
 			}
 			dir.NotifyContent(0, 0)
 			return

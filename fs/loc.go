@@ -52,14 +52,20 @@ func (f *FS) locate(in *gofs.Inode) (loc, syscall.Errno) {
 
 // commit writes one transaction made by fn, tagged as the filesystem's own.
 func (f *FS) commit(db *engine.Database, d engine.Durability, fn func(tx *engine.Tx)) syscall.Errno {
+	_, errno := f.commitEntry(db, d, fn)
+	return errno
+}
+
+// commitEntry is commit that also returns the new entry (zero if fn changed nothing).
+func (f *FS) commitEntry(db *engine.Database, d engine.Durability, fn func(tx *engine.Tx)) (engine.ID, syscall.Errno) {
 	tx := db.Begin()
 	tx.SetOrigin(originFS)
 	fn(tx)
 	if tx.Empty() {
-		return 0
+		return engine.ID{}, 0
 	}
-	_, err := tx.Commit(d)
-	return toErrno(err)
+	id, err := tx.Commit(d)
+	return id, toErrno(err)
 }
 
 func (f *FS) writable(l loc) syscall.Errno {

@@ -1,0 +1,209 @@
+package fs
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/eidefs/eidefs/engine"
+	"github.com/eidefs/eidefs/kv"
+)
+
+// tornValues are the values TestNoTornReads cycles through: three sizes, each
+// marked at its start with its letter and sequence number, so a read that mixes
+// two versions is seen by its length or its head.
+func tornValue(i int) []byte {
+	sizes := map[byte]int{'S': 6, 'M': 1006, 'L': 20006}
+	letter := "SML"[i%3]
+	v := []byte(fmt.Sprintf("%c%05d", letter, i%100000))
+	return append(v, bytes.Repeat([]byte{'x'}, sizes[letter]-len(v))...)
+}
+
+// wholeValue reports what is wrong with b as a read of one tornValue, or "".
+func wholeValue(b []byte) string {
+	sizes := map[byte]int{'S': 6, 'M': 1006, 'L': 20006}
+	if len(b) < 6 {
+		return fmt.Sprintf("%d bytes", len(b))
+	}
+	want, ok := sizes[b[0]]
+	switch {
+	case !ok:
+		return fmt.Sprintf("starts %q", b[:6])
+	case len(b) != want:
+		return fmt.Sprintf("%q… is %d bytes, %d NUL", b[:6], len(b), bytes.Count(b, []byte{0}))
+	case bytes.Count(b[6:], []byte{'x'}) != want-6:
+		return fmt.Sprintf("%q… has %d NUL", b[:6], bytes.Count(b, []byte{0}))
+	}
+	return ""
+}
+
+// TestNoTornReads rewrites one key from outside the mount (as a peer's entries
+// arrive: through the engine, not the filesystem) every millisecond or so,
+// cycling through a 6-, a 1,006- and a 20,006-byte value, while readers on the
+// mount read it whole (cat), read it through a descriptor kept open and checked
+// with fstat (as tail does), and replace it (write a new file, rename it over)
+// and read it back. Every read must be
+// one whole value some writer wrote: never one version's bytes at another's
+// size, cut short or padded with NUL bytes.
+func TestNoTornReads(t *testing.T) {
+	requireFUSE(t)
+	store, err := kv.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	inst, err := engine.Open(store, engine.Options{Identity: engine.NewIdentity()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inst.Close() })
+	db, err := inst.CreateDatabase("d", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := func(v []byte) error {
+		tx := db.Begin()
+		tx.SetOrigin("peer") // not the filesystem's own: its caches must be dropped
+		tx.Store("s").SetPath([]string{"k"}, v)
+		_, err := tx.Commit(engine.Journal)
+		return err
+	}
+	if err := set(tornValue(0)); err != nil {
+		t.Fatal(err)
+	}
+	_, mnt := mountOn(t, inst)
+	key := filepath.Join(mnt, "d", "s", "k")
+
+	duration := 3 * time.Second
+	if testing.Short() {
+		duration = time.Second
+	}
+	var (
+		stop           atomic.Bool
+		reads, remotes atomic.Int64
+		mu             sync.Mutex
+		torn           []string
+		seen           = map[string]bool{} // heads of the values cat read
+	)
+	report := func(how, what string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(torn) < 10 {
+			torn = append(torn, how+": "+what)
+		}
+	}
+	var wg sync.WaitGroup
+	run := func(fn func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				if err := fn(); err != nil {
+					report("error", err.Error())
+					return
+				}
+			}
+		}()
+	}
+	run(func() error { // the peer
+		time.Sleep(time.Millisecond)
+		remotes.Add(1)
+		return set(tornValue(int(remotes.Load())))
+	})
+	for range 2 { // cat
+		run(func() error {
+			b, err := os.ReadFile(key)
+			if err != nil {
+				return err
+			}
+			reads.Add(1)
+			if w := wholeValue(b); w != "" {
+				report("read", w)
+			}
+			mu.Lock()
+			seen[string(b[:min(6, len(b))])] = true
+			mu.Unlock()
+			return nil
+		})
+	}
+	run(func() error { // a descriptor kept open: fstat, then read that many bytes
+		f, err := os.Open(key)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		for range 20 {
+			st, err := f.Stat()
+			if err != nil {
+				return err
+			}
+			b := make([]byte, st.Size()+1)
+			k, err := f.ReadAt(b, 0)
+			if err != nil && k == 0 {
+				return err
+			}
+			reads.Add(1)
+			if w := wholeValue(b[:k]); w != "" {
+				report("open descriptor", w)
+			}
+			if int64(k) != st.Size() {
+				report("open descriptor", fmt.Sprintf("fstat said %d bytes, read %d", st.Size(), k))
+			}
+		}
+		return nil
+	})
+	local := 0
+	run(func() error { // a writer on the mount, replacing the file whole as editors do, reading back
+		local++
+		tmp := filepath.Join(mnt, "d", "s", "k.new")
+		if err := os.WriteFile(tmp, tornValue(local+50000), 0o644); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, key); err != nil {
+			return err
+		}
+		b, err := os.ReadFile(key)
+		if err != nil {
+			return err
+		}
+		reads.Add(1)
+		if w := wholeValue(b); w != "" {
+			report("read back", w)
+		}
+		return nil
+	})
+	time.Sleep(duration)
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("%d reads (%d different values) while %d values came from outside and %d were written on the mount",
+		reads.Load(), len(seen), remotes.Load(), local)
+	if len(torn) > 0 {
+		t.Errorf("reads that were not one whole value (first %d):\n%s", len(torn), strings.Join(torn, "\n"))
+	}
+	if len(seen) < int(remotes.Load())/20 {
+		t.Errorf("the readers saw %d different values of %d written: they do not follow the changes", len(seen), remotes.Load())
+	}
+
+	// Reads follow: the last value from outside is what the mount shows next.
+	last := tornValue(99999)
+	if err := set(last); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		b, err := os.ReadFile(key)
+		if err == nil && bytes.Equal(b, last) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("2 s after the last change the mount reads %.6q (%d bytes, %v), not %.6q", b, len(b), err, last)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
