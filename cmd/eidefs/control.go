@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // While a mount runs it holds the data directory, so other eidefs commands on the
@@ -125,6 +126,9 @@ func forward(args []string) (int, bool) {
 		return 0, false
 	}
 	defer conn.Close()
+	if cmdName == "umount" {
+		conn.SetDeadline(time.Now().Add(umountAnswer))
+	}
 	req := ctlRequest{Args: args}
 	// Commands that read stdin or a file get the bytes sent along: the running
 	// node has another working directory and no terminal.
@@ -145,6 +149,10 @@ func forward(args []string) (int, bool) {
 	}
 	var resp ctlResponse
 	if err := json.NewDecoder(conn).Decode(&resp); err != nil {
+		if cmdName == "umount" && errors.Is(err, os.ErrDeadlineExceeded) {
+			nodeHung = true // the command, run here, aborts the mount
+			return 0, false
+		}
 		if errors.Is(err, io.EOF) {
 			err = errors.New("it closed the connection")
 		}

@@ -222,8 +222,14 @@ func startDaemon(g *globals, listen []string, metricsAddr string) (n *node, log 
 func newUmountCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "umount DIR",
-		Short: "Unmount a running eidefs mount cleanly (its buffered writes are committed first)",
-		Args:  cobra.ExactArgs(1),
+		Short: "Unmount a running eidefs mount cleanly (its buffered writes are committed first), or free a hung one",
+		Long: `Unmount a running eidefs mount cleanly: its buffered writes are committed first.
+
+A node that does not answer within 5 s (stopped, or stuck after a kill) has its
+mount's FUSE connection aborted and the mount detached, as umount -f does; then it
+can exit, and a new eidefs mount can start. A dead mount (its process gone) is
+cleaned up.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir, err := filepath.Abs(args[0])
 			if err != nil {
@@ -238,6 +244,15 @@ func newUmountCmd(g *globals) *cobra.Command {
 				}
 				stop()
 				fmt.Fprintf(cmd.OutOrStdout(), "unmounting %s\n", dir)
+				return nil
+			}
+			if nodeHung {
+				// Its node is there but does not answer: the mount may hang anything
+				// that touches it, this command included, so it is not looked at.
+				if err := abortFUSE(dir); err != nil {
+					return fmt.Errorf("the eidefs node of data directory %s does not answer; freeing %s failed: %w (try umount -f %s)", g.dataDir(), dir, err, dir)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "the eidefs node did not answer in %v: aborted the FUSE connection of %s and detached it\n", umountAnswer, dir)
 				return nil
 			}
 			// No running node for this data directory: only a dead mount can be here.
