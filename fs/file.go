@@ -335,7 +335,11 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 					return nil, 0, errno
 				}
 			}
-			if n.cur == nil {
+			if n.cur == nil && !write && !n.ver.entry.IsZero() {
+				// The inode's version, also when a newer one has just come from
+				// elsewhere (the kernel has this one's size): no store read.
+				n.cur = n.ver.content()
+			} else if n.cur == nil {
 				node, err := l.db.Stat(l.store, l.path)
 				if err != nil {
 					return nil, 0, toErrno(err)
@@ -348,8 +352,6 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 				if n.ver.entry.IsZero() {
 					n.ver = storedVersion(l, node)
 				}
-				// The inode's version, also when a newer one has just come from
-				// elsewhere: the kernel has this one's size.
 				n.cur = n.ver.content()
 			}
 		case errno == syscall.ENOENT && (n.cur != nil || !n.ver.entry.IsZero()):
@@ -519,6 +521,12 @@ func (n *fileNode) commitContent(c *content, d engine.Durability) syscall.Errno 
 		return errno
 	}
 	n.committedLocked(c, id, l)
+	if n.cur == c {
+		// The kernel's pages of this inode hold what was written through it (what
+		// the writes did not fill, it reads from c): the version just committed.
+		// Reopening it keeps them, as rereading a file just written does on a disk.
+		n.kernelVersion = id
+	}
 	return 0
 }
 

@@ -121,6 +121,12 @@ func Mount(dir string, o Options) (*FS, error) {
 			// reader looks the names up (ls -l, find, grep -r), plain READDIR for
 			// a bare ls: no inode per name when nobody asks.
 			ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO,
+			// A file's pages never go stale under the kernel: an inode stands for
+			// one version (see fileNode), so what the kernel caches of it changes
+			// only through it, and an open of another version drops the pages
+			// (no FOPEN_KEEP_CACHE). No invalidation when mtime changes, then: a
+			// file just written is reread from the page cache.
+			ExplicitDataCacheControl: true,
 		},
 	}
 	// gofs.Mount's steps, so requests can be observed on their way in.
