@@ -130,7 +130,7 @@ func Mount(dir string, o Options) (*FS, error) {
 		},
 	}
 	// gofs.Mount's steps, so requests can be observed on their way in.
-	raw := gofs.NewNodeFS(f.root, gopts)
+	var raw fuse.RawFileSystem = &statfsFS{RawFileSystem: gofs.NewNodeFS(f.root, gopts), fsys: f}
 	if o.Observe != nil {
 		raw = &observedFS{RawFileSystem: raw, observe: o.Observe}
 	}
@@ -332,6 +332,17 @@ func (f *FS) checkSetattr(in *fuse.SetAttrIn, mode uint32) syscall.Errno {
 		return syscall.EPERM
 	}
 	return 0
+}
+
+// statfsFS answers statfs for every node as for the root (`df`, and `stat -f` or
+// `tail -F` on any file): go-fuse leaves nodes without a Statfs method zeroed.
+type statfsFS struct {
+	fuse.RawFileSystem
+	fsys *FS
+}
+
+func (s *statfsFS) StatFs(cancel <-chan struct{}, in *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
+	return fuse.Status(s.fsys.statfs(out))
 }
 
 func (f *FS) statfs(out *fuse.StatfsOut) syscall.Errno {

@@ -23,7 +23,6 @@ var (
 	_ = (gofs.NodeLookuper)((*rootNode)(nil))
 	_ = (gofs.NodeReaddirer)((*rootNode)(nil))
 	_ = (gofs.NodeMkdirer)((*rootNode)(nil))
-	_ = (gofs.NodeStatfser)((*rootNode)(nil))
 )
 
 func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -74,10 +73,6 @@ func (r *rootNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 		return errno
 	}
 	return r.Getattr(ctx, f, out)
-}
-
-func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	return r.fsys.statfs(out)
 }
 
 // Files directly in the root, and removing or renaming databases, are refused.

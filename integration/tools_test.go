@@ -742,6 +742,22 @@ func TestStat(t *testing.T) {
 	m.mustSh(t, `touch notes/todo/f1 && touch -d '2020-01-02 03:04:05' notes/todo/f1 && touch -c notes/todo/f1 && touch notes/todo/new`)
 	expectContent(t, filepath.Join(store, "f1"), "changed")
 	expectContent(t, filepath.Join(store, "new"), "")
+
+	// statfs (df, stat -f, tail -F's file system check) answers the same anywhere in
+	// the mount: the disk holding the data, and 255-byte names.
+	var root syscall.Statfs_t
+	if err := syscall.Statfs(m.Dir, &root); err != nil || root.Bsize == 0 || root.Blocks == 0 || root.Namelen != 255 {
+		t.Errorf("statfs of the mount: %v, bsize %d blocks %d namelen %d", err, root.Bsize, root.Blocks, root.Namelen)
+	}
+	for _, p := range []string{filepath.Join(store, "f1"), filepath.Join(store, "dir"), m.Path("notes"), m.Path(".sync", "status")} {
+		var sf syscall.Statfs_t
+		if err := syscall.Statfs(p, &sf); err != nil || sf.Bsize != root.Bsize || sf.Blocks != root.Blocks || sf.Namelen != 255 {
+			t.Errorf("statfs of %s: %v, bsize %d blocks %d namelen %d; the mount's: %d %d 255", p, err, sf.Bsize, sf.Blocks, sf.Namelen, root.Bsize, root.Blocks)
+		}
+	}
+	if out := m.mustSh(t, `df -P "$MNT" | tail -1`); !strings.HasPrefix(out, "eidefs ") {
+		t.Errorf("df -P: %q, want a line for eidefs", out)
+	}
 }
 
 func TestTruncate(t *testing.T) {
