@@ -135,7 +135,12 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 			overlay[name] = ch
 		}
 	}
-	ds := &dirStream{d: d, l: l, overlay: overlay}
+	names := make([]string, 0, len(overlay))
+	for name := range overlay {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	ds := &dirStream{d: d, l: l, overlay: overlay, overlayNames: names, unlisted: names}
 	ds.fill() // the first page now, so a directory that is gone fails opendir
 	if ds.errno != 0 {
 		return nil, ds.errno
@@ -147,19 +152,22 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 // million keys is listed without holding a million names.
 const dirPage = 1024
 
-// dirStream lists a directory page by page, in the store's name order, then the
-// files only in memory that the store does not have.
+// dirStream lists a directory page by page in name order (bytes, the store's
+// order), the stored names and the files only in memory merged: a file's place
+// does not depend on whether its commit has landed, so a listing read again
+// after a seek (telldir, seekdir) has every name where it was.
 type dirStream struct {
-	d       *dirNode
-	l       loc
-	overlay map[string]*gofs.Inode
-	listed  []string // overlay names the store listed too
-	page    []fuse.DirEntry
-	next    int
-	pos     uint64        // entries returned so far
-	after   string        // the last stored name read
-	done    bool          // the stored listing is exhausted (and the overlay added)
-	errno   syscall.Errno // of the first page: opendir fails with it
+	d            *dirNode
+	l            loc
+	overlay      map[string]*gofs.Inode
+	overlayNames []string // the overlay's names, sorted
+	unlisted     []string // the tail of overlayNames not listed yet
+	page         []fuse.DirEntry
+	next         int
+	pos          uint64        // entries returned so far
+	after        string        // the last stored name read
+	done         bool          // the stored listing is exhausted (and the overlay added)
+	errno        syscall.Errno // of the first page: opendir fails with it
 }
 
 func (s *dirStream) HasNext() bool {
@@ -183,7 +191,7 @@ func (s *dirStream) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	if off == s.pos {
 		return 0
 	}
-	s.page, s.next, s.pos, s.after, s.done, s.listed = nil, 0, 0, "", false, nil
+	s.page, s.next, s.pos, s.after, s.done, s.unlisted = nil, 0, 0, "", false, s.overlayNames
 	for s.pos < off && s.HasNext() {
 		s.Next()
 	}
@@ -194,7 +202,18 @@ func (s *dirStream) Close() {}
 
 var _ = (gofs.FileSeekdirer)((*dirStream)(nil))
 
-// fill reads the next page of stored names; after the last one, the overlay.
+// listOverlay adds the files only in memory whose names sort before name ("" for
+// all that are left).
+func (s *dirStream) listOverlay(before string) {
+	for len(s.unlisted) > 0 && (before == "" || s.unlisted[0] < before) {
+		name := s.unlisted[0]
+		s.unlisted = s.unlisted[1:]
+		s.page = append(s.page, fuse.DirEntry{Name: name, Mode: syscall.S_IFREG, Ino: s.overlay[name].StableAttr().Ino})
+	}
+}
+
+// fill reads the next page of stored names, with the files only in memory that
+// sort among them; after the last one, the rest of those.
 func (s *dirStream) fill() {
 	d, l := s.d, s.l
 	s.page, s.next = s.page[:0], 0
@@ -202,11 +221,18 @@ func (s *dirStream) fill() {
 	err := l.db.ListAfter(l.store, l.path, s.after, func(e engine.DirEntry) bool {
 		n++
 		s.after = e.Name
-		if d.fsys.isHiddenEntry(l.child(e.Name), e) {
-			return n < dirPage // a file in memory of that name, if any, is listed last
-		}
-		if _, ok := s.overlay[e.Name]; ok {
-			s.listed = append(s.listed, e.Name)
+		s.listOverlay(e.Name)
+		hidden := d.fsys.isHiddenEntry(l.child(e.Name), e)
+		if len(s.unlisted) > 0 && s.unlisted[0] == e.Name {
+			// Also a file in memory: listed once, as stored, or as the file in
+			// memory when the stored key is hidden.
+			if hidden {
+				s.listOverlay(e.Name + "\x00")
+				return n < dirPage
+			}
+			s.unlisted = s.unlisted[1:]
+		} else if hidden {
+			return n < dirPage
 		}
 		de := fuse.DirEntry{Name: e.Name}
 		switch e.Kind {
@@ -234,11 +260,7 @@ func (s *dirStream) fill() {
 	}
 	if n < dirPage {
 		s.done = true
-		for name, ch := range s.overlay {
-			if !slices.Contains(s.listed, name) {
-				s.page = append(s.page, fuse.DirEntry{Name: name, Mode: syscall.S_IFREG, Ino: ch.StableAttr().Ino})
-			}
-		}
+		s.listOverlay("")
 	}
 }
 
