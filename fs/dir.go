@@ -599,9 +599,12 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 		}
 		data := fn.cur.data
 		wasLocal := fn.local
-		if !srcStored && f.storedEqual(dst, data) {
-			// sed -i that changed nothing: the key already holds these bytes.
+		if node, same := f.storedEqual(dst, data); !srcStored && same {
+			// sed -i that changed nothing: the key already holds these bytes, and
+			// the file is that version.
 			fn.local, fn.pending, fn.cur.dirty = false, false, false
+			fn.cur.version, fn.cur.store, fn.cur.path = node.Entry, dst.store, dst.path
+			fn.ver = storedVersion(dst, node)
 			if wasLocal {
 				ch.ForgetPersistent()
 			}

@@ -507,8 +507,13 @@ func (n *fileNode) commitContent(c *content, d engine.Durability) syscall.Errno 
 	} else if errno != 0 {
 		return errno
 	}
-	if n.fsys.storedEqual(l, c.data) {
+	if node, same := n.fsys.storedEqual(l, c.data); same {
+		// The key holds these bytes already (the same write came from elsewhere,
+		// or the file was written back unchanged): no commit, and the inode
+		// stands for that version.
 		c.dirty, n.pending = false, false
+		c.version, c.store, c.path = node.Entry, l.store, l.path
+		n.ver = storedVersion(l, node)
 		return 0
 	}
 	n.fsys.unhide(l)
@@ -643,17 +648,18 @@ func (f *FS) keyXattrs(in *gofs.Inode) map[string]string {
 }
 
 // storedEqual reports whether the key at l holds exactly data (so a commit would
-// change nothing). Sizes are compared first, from the path record alone.
-func (f *FS) storedEqual(l loc, data []byte) bool {
+// change nothing), and if so the stored version. Sizes are compared first, from
+// the path record alone.
+func (f *FS) storedEqual(l loc, data []byte) (engine.Node, bool) {
 	if f.isHidden(l) {
-		return false
+		return engine.Node{}, false
 	}
 	st, err := l.db.Stat(l.store, l.path)
 	if err != nil || st.Kind != engine.OpValue || st.Size != int64(len(data)) {
-		return false
+		return engine.Node{}, false
 	}
 	cur, err := l.db.Get(l.store, l.path)
-	return err == nil && bytes.Equal(cur.Value, data)
+	return cur, err == nil && cur.Kind == engine.OpValue && bytes.Equal(cur.Value, data)
 }
 
 // nowMs is the time at the millisecond resolution entries keep, so a file's mtime

@@ -1034,3 +1034,35 @@ func TestDescriptorOutlivesRemoteChange(t *testing.T) {
 		t.Errorf("closing %s: %v", appended.Name(), err)
 	}
 }
+
+// TestWriterMeetsSameRemoteValue: a file open for writing keeps its inode when a
+// peer (here the CLI) changes the key; if the writer then writes exactly the bytes
+// the key already holds, nothing is committed and the file reads those bytes,
+// also after it is closed and opened again.
+func TestWriterMeetsSameRemoteValue(t *testing.T) {
+	m := mount(t, mountOpts{})
+	dir := newStore(t, m, "notes", "todo")
+	key := filepath.Join(dir, "k")
+	writeFile(t, key, "v1\n")
+	f, err := os.OpenFile(key, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	mustCLI(t, m.Data, "set", "notes", "todo", "k", "same\n")
+	time.Sleep(200 * time.Millisecond) // the change reaches the kernel
+	if _, err := f.WriteAt([]byte("same\n"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if got := readFile(t, key); got != "same\n" {
+			t.Errorf("read %d after the close: %q, want %q", i+1, got, "same\n")
+		}
+	}
+	if got := mustCLI(t, m.Data, "get", "notes", "todo", "k"); got != "same\n" {
+		t.Errorf("stored: %q", got)
+	}
+}
