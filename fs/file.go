@@ -354,10 +354,11 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 				}
 				n.cur = n.ver.content()
 			}
-		case errno == syscall.ENOENT && (n.cur != nil || !n.ver.entry.IsZero()):
+		case errno == syscall.ENOENT && !write && (n.cur != nil || !n.ver.entry.IsZero()):
 			// Renamed over, or replaced by a peer's version, between the kernel's
-			// lookup and this open: as on a local disk, the open gets the file the
-			// name had then (and what is written to it goes with it).
+			// lookup and this open: as on a local disk, a reader gets the file the
+			// name had then. A writer gets ENOENT, not a file whose writes would go
+			// nowhere; it opens the name again.
 			if n.cur == nil {
 				n.cur = n.ver.content()
 			}
