@@ -66,10 +66,9 @@ func (f *FS) newChild(ctx context.Context, parent *gofs.Inode, l loc, n engine.N
 	}
 	ch := parent.GetChild(name)
 	if ch != nil && ch.StableAttr().Mode == st.Mode {
-		if fn, ok := ch.Operations().(*fileNode); ok && fn.replacedBy(l, n) {
+		if fn, ok := ch.Operations().(*fileNode); ok && fn.replacedBy(parent, name, l, n) {
 			// A version from elsewhere: the name becomes a new file (a new inode
 			// and number), as after `mv new name`; see fileNode.
-			parent.RmChild(name)
 			f.retire(parent, name)
 			st.Ino = f.childIno(parent, name, 'f')
 			ch = nil

@@ -189,14 +189,28 @@ func (n *fileNode) contentAttrLocked(c *content, out *fuse.Attr) syscall.Errno {
 	return 0
 }
 
-// replacedBy reports whether node, stored at l (the inode's place), is a version
-// from elsewhere: the name then needs a new inode (see fileNode). A file being
-// written keeps its inode (the writer's close commits over the change), and the
-// same bytes under another entry (the file, or a directory above it, was renamed)
-// are the same file.
-func (n *fileNode) replacedBy(l loc, node engine.Node) bool {
+// replacedBy reports whether node, stored at l (the inode's place, name in
+// parent), is a version from elsewhere, and then takes the inode off the name:
+// the name needs a new inode (see fileNode). A file being written keeps its inode
+// (the writer's close commits over the change), and the same bytes under another
+// entry (the file, or a directory above it, was renamed) are the same file.
+//
+// The decision and the detaching are one step under the node's lock: an open for
+// writing that comes meanwhile waits, then finds the file gone (ENOENT), rather
+// than getting an inode whose writes would have no place to go.
+func (n *fileNode) replacedBy(parent *gofs.Inode, name string, l loc, node engine.Node) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if !n.supersededLocked(l, node) {
+		return false
+	}
+	if parent.GetChild(name) == n.EmbeddedInode() {
+		parent.RmChild(name)
+	}
+	return true
+}
+
+func (n *fileNode) supersededLocked(l loc, node engine.Node) bool {
 	if n.local || n.pending || (n.cur != nil && (n.cur.dirty || n.cur.writers > 0)) {
 		return false
 	}
