@@ -602,8 +602,7 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 			// sed -i that changed nothing: the key already holds these bytes, and
 			// the file is that version.
 			fn.local, fn.pending, fn.cur.dirty = false, false, false
-			fn.cur.version, fn.cur.store, fn.cur.path = node.Entry, dst.store, dst.path
-			fn.ver = storedVersion(dst, node)
+			fn.adoptLocked(fn.cur, dst, node)
 			if wasLocal {
 				ch.ForgetPersistent()
 			}

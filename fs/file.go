@@ -162,17 +162,39 @@ func (n *fileNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		return errno
 	}
 	if n.ver.entry.IsZero() {
-		node, err := l.db.Stat(l.store, l.path)
-		if err != nil {
-			return toErrno(err)
+		if errno := n.checkStoredLocked(l); errno != 0 {
+			return errno
 		}
-		if node.Kind != engine.OpValue {
-			return syscall.ENOENT // a peer made it a directory or a link
-		}
-		n.ver = storedVersion(l, node)
 	}
 	n.fsys.setAttr(&out.Attr, modeFile, n.ver.size, n.ver.mtime.UnixMilli())
 	return 0
+}
+
+// checkStoredLocked reads the key at l (the inode's place): ENOENT unless it is a
+// file; the inode's version is taken from it when not known yet.
+func (n *fileNode) checkStoredLocked(l loc) syscall.Errno {
+	node, err := l.db.Stat(l.store, l.path)
+	if err != nil {
+		return toErrno(err)
+	}
+	if node.Kind != engine.OpValue {
+		// A peer replaced the file with a directory or a link since the kernel
+		// looked it up: this file is gone, the next lookup finds that.
+		return syscall.ENOENT
+	}
+	if n.ver.entry.IsZero() {
+		n.ver = storedVersion(l, node)
+	}
+	return 0
+}
+
+// adoptLocked records that the inode (and c, its open content, if any) stands for
+// node, the stored version at l, which holds the same bytes.
+func (n *fileNode) adoptLocked(c *content, l loc, node engine.Node) {
+	n.ver = storedVersion(l, node)
+	if c != nil {
+		c.version, c.store, c.path = node.Entry, l.store, l.path
+	}
 }
 
 // contentAttrLocked fills out the attributes of open content c, without reading
@@ -232,10 +254,7 @@ func (n *fileNode) supersededLocked(l loc, node engine.Node) bool {
 	if err != nil || !bytes.Equal(stored.Value, c.data) {
 		return true
 	}
-	n.ver = storedVersion(l, node)
-	if n.cur != nil {
-		n.cur.version, n.cur.store, n.cur.path = node.Entry, l.store, l.path
-	}
+	n.adoptLocked(n.cur, l, node)
 	return false
 }
 
@@ -349,23 +368,15 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 					return nil, 0, errno
 				}
 			}
-			if n.cur == nil && !write && !n.ver.entry.IsZero() {
+			if n.cur == nil {
+				if write || n.ver.entry.IsZero() {
+					if errno := n.checkStoredLocked(l); errno != 0 {
+						return nil, 0, errno
+					}
+				}
 				// The inode's version, also when a newer one has just come from
-				// elsewhere (the kernel has this one's size): no store read.
-				n.cur = n.ver.content()
-			} else if n.cur == nil {
-				node, err := l.db.Stat(l.store, l.path)
-				if err != nil {
-					return nil, 0, toErrno(err)
-				}
-				if node.Kind != engine.OpValue {
-					// A peer replaced the file with a directory or a link since the
-					// kernel looked it up: this file is gone, the next lookup finds that.
-					return nil, 0, syscall.ENOENT
-				}
-				if n.ver.entry.IsZero() {
-					n.ver = storedVersion(l, node)
-				}
+				// elsewhere (the kernel has this one's size); a reader of a known
+				// version needs no store read.
 				n.cur = n.ver.content()
 			}
 		case errno == syscall.ENOENT && !write && (n.cur != nil || !n.ver.entry.IsZero()):
@@ -527,8 +538,7 @@ func (n *fileNode) commitContent(c *content, d engine.Durability) syscall.Errno 
 		// or the file was written back unchanged): no commit, and the inode
 		// stands for that version.
 		c.dirty, n.pending = false, false
-		c.version, c.store, c.path = node.Entry, l.store, l.path
-		n.ver = storedVersion(l, node)
+		n.adoptLocked(c, l, node)
 		return 0
 	}
 	n.fsys.unhide(l)

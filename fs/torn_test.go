@@ -19,19 +19,19 @@ import (
 // marked at its start with its letter and sequence number, so a read that mixes
 // two versions is seen by its length or its head.
 func tornValue(i int) []byte {
-	sizes := map[byte]int{'S': 6, 'M': 1006, 'L': 20006}
 	letter := "SML"[i%3]
 	v := []byte(fmt.Sprintf("%c%05d", letter, i%100000))
-	return append(v, bytes.Repeat([]byte{'x'}, sizes[letter]-len(v))...)
+	return append(v, bytes.Repeat([]byte{'x'}, tornSizes[letter]-len(v))...)
 }
+
+var tornSizes = map[byte]int{'S': 6, 'M': 1006, 'L': 20006}
 
 // wholeValue reports what is wrong with b as a read of one tornValue, or "".
 func wholeValue(b []byte) string {
-	sizes := map[byte]int{'S': 6, 'M': 1006, 'L': 20006}
 	if len(b) < 6 {
 		return fmt.Sprintf("%d bytes", len(b))
 	}
-	want, ok := sizes[b[0]]
+	want, ok := tornSizes[b[0]]
 	switch {
 	case !ok:
 		return fmt.Sprintf("starts %q", b[:6])
