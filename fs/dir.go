@@ -68,10 +68,14 @@ func (f *FS) newChild(ctx context.Context, parent *gofs.Inode, l loc, n engine.N
 	if ch != nil && ch.StableAttr().Mode == st.Mode {
 		if fn, ok := ch.Operations().(*fileNode); ok && fn.replacedBy(parent, name, l, n) {
 			// A version from elsewhere: the name becomes a new file (a new inode
-			// and number), as after `mv new name`; see fileNode.
-			f.retire(parent, name)
+			// and number), as after `mv new name`; see fileNode. A racing lookup
+			// may have put it there already.
 			st.Ino = f.childIno(parent, name, 'f')
-			ch = nil
+			if now := parent.GetChild(name); now == ch {
+				ch = nil
+			} else {
+				ch = now
+			}
 		}
 	}
 	if ch == nil || ch.StableAttr().Mode != st.Mode {

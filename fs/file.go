@@ -161,10 +161,10 @@ func (n *fileNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 	if errno != 0 {
 		return errno
 	}
-	if n.ver.entry.IsZero() {
-		if errno := n.checkStoredLocked(l); errno != 0 {
-			return errno
-		}
+	// A key deleted elsewhere (a peer, the CLI) is gone at once, also before its
+	// invalidation reaches the kernel.
+	if errno := n.checkStoredLocked(l); errno != 0 {
+		return errno
 	}
 	n.fsys.setAttr(&out.Attr, modeFile, n.ver.size, n.ver.mtime.UnixMilli())
 	return 0
@@ -227,7 +227,10 @@ func (n *fileNode) replacedBy(parent *gofs.Inode, name string, l loc, node engin
 		return false
 	}
 	if parent.GetChild(name) == n.EmbeddedInode() {
+		// Only the lookup that detaches it gives the name the next generation of
+		// numbers: lookups racing it then agree on one new inode.
 		parent.RmChild(name)
+		n.fsys.retire(parent, name)
 	}
 	return true
 }
