@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -11,11 +12,12 @@ import (
 
 func diskInstance(b *testing.B) *Instance {
 	b.Helper()
-	store, err := kv.Open(b.TempDir())
+	dir := b.TempDir()
+	store, err := kv.Open(filepath.Join(dir, "db"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	in, err := Open(store, Options{Identity: NewIdentity()})
+	in, err := Open(store, Options{Identity: NewIdentity(), BlobDir: filepath.Join(dir, "blobs")})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -149,6 +149,12 @@ func (d *Database) CanWrite() bool {
 
 // Get returns the visible state of path in store, with its value.
 func (d *Database) Get(store string, path []string) (Node, error) {
+	return d.in.withBlob(readNode(d.in.kv, &d.in.maps, d.id, store, path, true))
+}
+
+// Open is Get without reading a blob's bytes: Node.Blob names them
+// (Instance.BlobPath) and Value is nil for a blob.
+func (d *Database) Open(store string, path []string) (Node, error) {
 	return readNode(d.in.kv, &d.in.maps, d.id, store, path, true)
 }
 
@@ -243,7 +249,7 @@ func (in *Instance) ValueIn(id ID, store string, path []string) ([]byte, error) 
 	if sn := e.Store(store); sn != nil {
 		for i := len(sn.Ops) - 1; i >= 0; i-- {
 			if op := sn.Ops[i]; op.Kind == OpValue && slices.Equal(op.Path, path) {
-				return op.Value, nil
+				return in.opValue(&op)
 			}
 		}
 	}
@@ -284,6 +290,12 @@ func (d *Database) Conflicts(fn func(Conflict) bool) error {
 		}
 		lo := orderFrom(rest)
 		out := Conflict{Store: store, Path: path, Loser: lo.E, Author: c.A, Kind: c.K, Value: c.V, Time: c.T, Winner: c.W.E}
+		if len(c.B) > 0 {
+			op := Op{Kind: c.K, Blob: c.B, Size: c.N}
+			if out.Value, ferr = d.in.opValue(&op); ferr != nil {
+				return false
+			}
+		}
 		out.Resolved = d.resolved(store, path, c.A, lo)
 		return fn(out)
 	})

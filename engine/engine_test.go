@@ -154,9 +154,17 @@ func syncAll(t testing.TB, src, dst *Instance) {
 	t.Helper()
 	for _, info := range src.Databases() {
 		db, _ := src.DatabaseByID(info.ID)
-		var raws [][]byte
-		db.Entries(0, func(_ ID, raw []byte) bool { raws = append(raws, raw); return true })
-		res, err := dst.Apply("peer", raws...)
+		var raws, blobs [][]byte
+		db.Entries(0, func(_ ID, raw []byte) bool {
+			raws = append(raws, raw)
+			bs, err := src.Blobs(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			blobs = append(blobs, bs...)
+			return true
+		})
+		res, err := dst.ApplyVerified("peer", Verify(raws...).WithBlobs(blobs))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -49,6 +49,10 @@ type Op struct {
 	Path  []string `cbor:"1,keyasint"`
 	Kind  OpKind   `cbor:"2,keyasint"`
 	Value []byte   `cbor:"3,keyasint,omitempty"`
+	// Blob and Size replace Value for a value of more than BlobMin bytes: the
+	// SHA-256 of the bytes, kept outside the entry (blob.go), and their length.
+	Blob []byte `cbor:"4,keyasint,omitempty"`
+	Size uint64 `cbor:"5,keyasint,omitempty"`
 }
 
 // StoreNode is an entry's part for one store: the store's DAG parents (its tips
@@ -247,8 +251,18 @@ func (e *Entry) checkShape() error {
 		}
 		for _, op := range s.Ops {
 			switch op.Kind {
-			case OpValue, OpLink:
+			case OpValue:
+				if (len(op.Blob) > 0 || op.Size > 0) && (len(op.Blob) != sha256.Size || op.Size <= BlobMin || len(op.Value) > 0) {
+					return bad("a blob reference needs a 32-byte hash, a size over %d and no inline value", BlobMin)
+				}
+			case OpLink:
+				if len(op.Blob) > 0 || op.Size > 0 {
+					return bad("link op with a blob")
+				}
 			case OpMap, OpDelete:
+				if len(op.Blob) > 0 || op.Size > 0 {
+					return bad("%s op with a blob", op.Kind)
+				}
 				if len(op.Value) > 0 {
 					return bad("%s op with a value", op.Kind)
 				}

@@ -42,12 +42,18 @@ type Options struct {
 	// cannot crowd out the out-of-order entries of the others.
 	MaxPending      int
 	MaxPendingBytes int
+	// BlobDir is where values of more than BlobMin bytes are kept (blob.go); empty
+	// keeps them in memory, for an in-memory kv store.
+	BlobDir string
 }
 
 // Instance is one node's set of databases over one kv store. Writes are applied one
 // group at a time (see do), each group in one kv write.
 type Instance struct {
 	kv         *kv.DB
+	blobs      blobStore
+	blobMu     sync.Mutex        // guards unsynced
+	unsynced   map[blobHash]bool // blobs stored since the last syncBlobs
 	id         *Identity
 	now        func() time.Time
 	maxValue   int
@@ -186,6 +192,10 @@ func Open(store *kv.DB, o Options) (*Instance, error) {
 	}
 	if in.now == nil {
 		in.now = time.Now
+	}
+	in.blobs = &memBlobs{}
+	if o.BlobDir != "" {
+		in.blobs = dirBlobs{dir: o.BlobDir}
 	}
 	if in.maxValue == 0 {
 		in.maxValue = 64 << 20
@@ -658,18 +668,35 @@ func (in *Instance) Apply(origin string, raws ...[]byte) (ApplyResult, error) {
 }
 
 // Verified is a batch of entries decoded and checked by Verify.
-type Verified struct{ ds []decoded }
+type Verified struct {
+	ds    []decoded
+	blobs [][]byte
+}
 
 // Verify decodes and checks entries (canonical form, shape, signature) on all
 // cores, without touching the store. With ApplyVerified it lets a receiver verify
 // one batch while the previous one is being applied.
 func Verify(raws ...[]byte) Verified { return Verified{ds: decodeAll(raws)} }
 
-// ApplyVerified is Apply for entries already through Verify.
+// WithBlobs adds the blobs that came with the entries (Instance.Blobs of each, in
+// any order): ApplyVerified stores those that the entries refer to.
+func (v Verified) WithBlobs(blobs [][]byte) Verified {
+	v.blobs = blobs
+	return v
+}
+
+// ApplyVerified is Apply for entries already through Verify. An entry that refers
+// to a blob neither stored here nor sent with it is rejected with ErrMissingBlob.
 func (in *Instance) ApplyVerified(origin string, v Verified) (ApplyResult, error) {
 	var res ApplyResult
 	ds := v.ds
+	if err := in.storeBlobs(ds, v.blobs); err != nil {
+		return res, err
+	}
 	for i := 0; i < len(ds); {
+		if ds[i].err == nil && mayHaveBlobs(ds[i].raw) {
+			ds[i].err = in.missingBlob(ds[i].e)
+		}
 		if ds[i].err != nil {
 			res.Rejected = append(res.Rejected, Rejected{ID: hashID(ds[i].raw), Err: ds[i].err})
 			ds = slices.Delete(ds, i, i+1)
@@ -695,6 +722,9 @@ func (in *Instance) ApplyVerified(origin string, v Verified) (ApplyResult, error
 // whose content was committed at close, or of a directory. It shares the group
 // commit, so concurrent calls, and Sync commits, share one fsync.
 func (in *Instance) SyncJournal() error {
+	if err := in.syncBlobs(); err != nil {
+		return err
+	}
 	return in.do(&request{barrier: true, sync: true}).err
 }
 

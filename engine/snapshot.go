@@ -13,6 +13,7 @@ import (
 type Snapshot struct {
 	Entry  ID
 	db     ID
+	in     *Instance
 	r      kv.Reader
 	stores []string
 }
@@ -70,7 +71,7 @@ func (d *Database) At(id ID) (*Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	snap := &Snapshot{Entry: id, db: d.id, r: snapReader{s, d.in.kv}}
+	snap := &Snapshot{Entry: id, db: d.id, in: d.in, r: snapReader{s, d.in.kv}}
 	for st := range stores {
 		if st == SettingsStore {
 			continue
@@ -101,7 +102,7 @@ func (s *Snapshot) Stores() []string { return s.stores }
 
 // Get is Database.Get in the snapshot.
 func (s *Snapshot) Get(store string, path []string) (Node, error) {
-	return readNode(s.r, nil, s.db, store, path, true)
+	return s.in.withBlob(readNode(s.r, nil, s.db, store, path, true))
 }
 
 // List is Database.List in the snapshot.

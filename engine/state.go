@@ -47,6 +47,8 @@ type conflictRec struct {
 	K OpKind    `cbor:"3,keyasint"`
 	T int64     `cbor:"4,keyasint,omitempty"`
 	V []byte    `cbor:"5,keyasint,omitempty"`
+	B []byte    `cbor:"6,keyasint,omitempty"` // the value's blob hash, if a blob (then N is its size)
+	N uint64    `cbor:"7,keyasint,omitempty"`
 }
 
 // vclock maps an author (raw key bytes as a string) to the highest sequence number
@@ -123,6 +125,9 @@ func applyOp(w stagingRW, db ID, store string, op Op, o order, a *applied) error
 	}
 	if rec.L.less(o) {
 		setLatest(rec, op.Kind, op.Value, o, a)
+		if op.Size > 0 { // a blob: its bytes are not in the entry
+			rec.N, rec.Big = int64(op.Size), true
+		}
 	}
 	if op.Kind.overrides() && rec.O.less(o) {
 		rec.O = o
@@ -170,7 +175,7 @@ func applyLateOp(w stagingRW, db ID, store string, op Op, o order, hk []byte, a 
 	}
 	ck := pathKey(pConflict, db, store, op.Path)
 	if !(op.Kind == OpMap && sh.K == OpMap) {
-		w.Put(append(bytes.Clone(ck), o.bytes()...), marshal(&conflictRec{W: succ, A: a.e.Author, K: op.Kind, T: a.e.Time, V: op.Value}))
+		w.Put(append(bytes.Clone(ck), o.bytes()...), marshal(&conflictRec{W: succ, A: a.e.Author, K: op.Kind, T: a.e.Time, V: op.Value, B: op.Blob, N: op.Size}))
 	}
 	pk, pv, err := w.Seek(prefix, hk, true)
 	if errors.Is(err, kv.ErrNotFound) {
@@ -202,7 +207,7 @@ func judge(w stagingRW, db ID, store string, path []string, pred order, ph histR
 		t = m.T
 	}
 	ck := append(pathKey(pConflict, db, store, path), pred.bytes()...)
-	w.Put(ck, marshal(&conflictRec{W: o, A: ph.A, K: ph.K, T: t, V: lop.Value}))
+	w.Put(ck, marshal(&conflictRec{W: o, A: ph.A, K: ph.K, T: t, V: lop.Value, B: lop.Blob, N: lop.Size}))
 	return nil
 }
 
@@ -222,6 +227,9 @@ type Node struct {
 	Entry  ID     // that entry
 	Height uint64
 	Author PublicKey
+	// Blob is the SHA-256 of the value's bytes when they are kept as a blob
+	// (Instance.BlobPath); Value is then read from it.
+	Blob []byte
 }
 
 func (r *pathRec) node() Node {
@@ -281,7 +289,7 @@ func readNode(r kv.Reader, cache *mapCache, db ID, store string, path []string, 
 		if err != nil {
 			return Node{}, fmt.Errorf("reading value: %w", err)
 		}
-		n.Value = op.Value
+		n.Value, n.Blob = op.Value, op.Blob
 	}
 	if !withValue {
 		n.Value = nil

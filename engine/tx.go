@@ -73,6 +73,11 @@ func (t *Tx) Commit(d Durability) (ID, error) {
 	if len(stores) == 0 {
 		return ID{}, fmt.Errorf("empty transaction")
 	}
+	if d == Sync {
+		if err := t.db.in.syncBlobs(); err != nil {
+			return ID{}, err
+		}
+	}
 	r := t.db.in.do(&request{commit: &commitReq{db: t.db.id, stores: stores, origin: t.origin, time: t.time}, sync: d == Sync})
 	return r.id, r.err
 }
@@ -93,6 +98,16 @@ func (s *StoreTx) stage(path []string, kind OpKind, value []byte) *StoreTx {
 	}
 	if len(value) > s.tx.db.in.maxValue {
 		s.tx.fail(fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(value), s.tx.db.in.maxValue))
+		return s
+	}
+	if kind == OpValue && len(value) > BlobMin {
+		// A large value is written to its blob now, so the Tx holds no copy of it.
+		h, err := s.tx.db.in.putBlob(value)
+		if err != nil {
+			s.tx.fail(err)
+			return s
+		}
+		s.ops = append(s.ops, Op{Path: slices.Clone(path), Kind: kind, Blob: h[:], Size: uint64(len(value))})
 		return s
 	}
 	s.ops = append(s.ops, Op{Path: slices.Clone(path), Kind: kind, Value: slices.Clone(value)})
@@ -141,6 +156,10 @@ func (s *StoreTx) Get(path []string) (Node, error) {
 		case slices.Equal(op.Path, path):
 			if op.Kind == OpDelete {
 				return Node{}, ErrNotFound
+			}
+			if op.Size > 0 {
+				v, err := s.tx.db.in.opValue(&op)
+				return Node{Kind: op.Kind, Size: int64(op.Size), Value: v, Blob: op.Blob}, err
 			}
 			return Node{Kind: op.Kind, Size: int64(len(op.Value)), Value: op.Value}, nil
 		case len(op.Path) < len(path) && slices.Equal(op.Path, path[:len(op.Path)]):

@@ -11,7 +11,7 @@ import (
 )
 
 // ProtocolVersion is this node's protocol version; peers must speak the same.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
 // Errors peers report, with names users can act on. They cross the wire as codes.
 var (
@@ -93,9 +93,12 @@ type Offer struct {
 	Perm    string    `cbor:"4,keyasint"`
 }
 
+// batch carries entries and the blobs they refer to (values of more than
+// engine.BlobMin bytes, engine/blob.go).
 type batch struct {
 	Entries [][]byte `cbor:"1,keyasint,omitempty"`
 	Done    bool     `cbor:"2,keyasint,omitempty"`
+	Blobs   [][]byte `cbor:"3,keyasint,omitempty"`
 }
 
 type ack struct {
@@ -106,10 +109,13 @@ type ack struct {
 	Err        string `cbor:"5,keyasint,omitempty"`
 }
 
-// Batches are cut at this many entries or bytes, whichever comes first.
+// Batches are cut at this many entries or bytes, whichever comes first. A batch
+// holds at least one entry with its blobs, which may be a value of up to
+// maxValueFrame bytes.
 const (
-	batchEntries = 512
-	batchBytes   = 4 << 20
+	batchEntries  = 512
+	batchBytes    = 4 << 20
+	maxValueFrame = 64 << 20
 )
 
 // Result is what one sync of one database with one peer did.
@@ -262,7 +268,7 @@ func (p *proto) receive(s Stream, peer engine.PublicKey, res *Result, total int,
 			n, err := readFrame(s, &b)
 			it := item{n: n, done: b.Done, err: err}
 			if err == nil && len(b.Entries) > 0 {
-				it.v = engine.Verify(b.Entries...)
+				it.v = engine.Verify(b.Entries...).WithBlobs(b.Blobs)
 				it.v.Only(res.DB)
 			}
 			select {
@@ -325,8 +331,21 @@ func (p *proto) send(s Stream, db *engine.Database, vv engine.VersionVector, res
 		cur, size = batch{}, 0
 	}
 	err := db.EntriesAfter(vv, func(_ engine.ID, raw []byte) bool {
+		blobs, err := p.inst.Blobs(raw)
+		if err != nil {
+			werr = err
+			return false
+		}
+		n := len(raw)
+		for _, b := range blobs {
+			n += len(b)
+		}
+		if len(cur.Entries) > 0 && size+n > maxFrame-batchBytes {
+			flush(false) // a large blob goes in a batch of its own
+		}
 		cur.Entries = append(cur.Entries, raw)
-		size += len(raw)
+		cur.Blobs = append(cur.Blobs, blobs...)
+		size += n
 		if len(cur.Entries) >= batchEntries || size >= batchBytes {
 			flush(false)
 		}
@@ -346,12 +365,25 @@ func (p *proto) push(s Stream, db engine.ID, raws [][]byte) (ack, error) {
 	if _, err := p.call(s, &request{Op: "push", DB: db}); err != nil {
 		return ack{}, err
 	}
-	for len(raws) > 0 {
-		n := min(len(raws), batchEntries)
-		if err := writeFrame(s, &batch{Entries: raws[:n]}); err != nil {
+	var cur batch
+	size := 0
+	for i, raw := range raws {
+		blobs, err := p.inst.Blobs(raw)
+		if err != nil {
 			return ack{}, err
 		}
-		raws = raws[n:]
+		cur.Entries = append(cur.Entries, raw)
+		cur.Blobs = append(cur.Blobs, blobs...)
+		size += len(raw)
+		for _, b := range blobs {
+			size += len(b)
+		}
+		if len(cur.Entries) >= batchEntries || size >= batchBytes || i == len(raws)-1 {
+			if err := writeFrame(s, &cur); err != nil {
+				return ack{}, err
+			}
+			cur, size = batch{}, 0
+		}
 	}
 	if err := writeFrame(s, &batch{Done: true}); err != nil {
 		return ack{}, err
@@ -560,7 +592,7 @@ func (p *proto) serveUpload(s Stream, peer engine.PublicKey, db *engine.Database
 				return bad
 			}
 		} else if len(b.Entries) > 0 {
-			v := engine.Verify(b.Entries...)
+			v := engine.Verify(b.Entries...).WithBlobs(b.Blobs)
 			v.Only(db.ID())
 			ar, err := p.inst.ApplyVerified(peer.String(), v)
 			if err != nil {
@@ -617,7 +649,11 @@ func (p *proto) serveGet(s Stream, peer engine.PublicKey, req *request) error {
 		return err
 	}
 	var b batch
+	size := 0
 	for _, id := range req.IDs {
+		if size >= maxFrame-batchBytes-maxValueFrame {
+			break // the rest in the next round of repair
+		}
 		raw, err := p.inst.Entry(id)
 		if err != nil {
 			continue
@@ -625,7 +661,16 @@ func (p *proto) serveGet(s Stream, peer engine.PublicKey, req *request) error {
 		if e, _, err := engine.DecodeEntry(raw); err != nil || e.DatabaseID(id) != db.ID() {
 			continue
 		}
+		blobs, err := p.inst.Blobs(raw)
+		if err != nil {
+			continue
+		}
 		b.Entries = append(b.Entries, raw)
+		b.Blobs = append(b.Blobs, blobs...)
+		size += len(raw)
+		for _, bl := range blobs {
+			size += len(bl)
+		}
 	}
 	b.Done = true
 	return writeFrame(s, &b)

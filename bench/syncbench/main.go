@@ -112,7 +112,7 @@ func populate(args []string) {
 	if err != nil {
 		fatalf("populate: %v", err)
 	}
-	inst, err := engine.Open(store0, engine.Options{Identity: id})
+	inst, err := engine.Open(store0, engine.Options{Identity: id, BlobDir: filepath.Join(*data, "blobs")})
 	if err != nil {
 		fatalf("populate: %v", err)
 	}

@@ -13,9 +13,14 @@ import (
 )
 
 // A bundle is a database's entries in a file, parents first, to carry changes by
-// hand (or to seed a new machine): "EIDEFSB1", then per entry a uvarint length and
-// the entry's canonical bytes.
-const bundleMagic = "EIDEFSB1"
+// hand (or to seed a new machine): "EIDEFSB2", then records, each a kind byte ('e'
+// an entry, 'b' a blob an entry before it refers to), a uvarint length and the
+// bytes. Bundles of the first format ("EIDEFSB1": entries only, without kind
+// bytes) are still read.
+const (
+	bundleMagic   = "EIDEFSB2"
+	bundleMagicV1 = "EIDEFSB1"
+)
 
 func newExportCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
@@ -26,11 +31,27 @@ func newExportCmd(g *globals) *cobra.Command {
 			return withDatabase(g, args[0], func(n *node, d *engine.Database) error {
 				w := bufio.NewWriter(cmd.OutOrStdout())
 				w.WriteString(bundleMagic)
-				err := d.Entries(0, func(_ engine.ID, raw []byte) bool {
-					w.Write(binary.AppendUvarint(nil, uint64(len(raw))))
-					w.Write(raw)
+				record := func(kind byte, b []byte) {
+					w.WriteByte(kind)
+					w.Write(binary.AppendUvarint(nil, uint64(len(b))))
+					w.Write(b)
+				}
+				var berr error
+				err := d.Entries(0, func(id engine.ID, raw []byte) bool {
+					record('e', raw)
+					blobs, err := n.inst.Blobs(raw)
+					if err != nil {
+						berr = fmt.Errorf("entry %s: %w", id.Short(), err)
+						return false
+					}
+					for _, b := range blobs {
+						record('b', b)
+					}
 					return true
 				})
+				if err == nil {
+					err = berr
+				}
 				if err != nil {
 					return err
 				}
@@ -55,12 +76,12 @@ func newImportCmd(g *globals) *cobra.Command {
 				defer f.Close()
 				r = f
 			}
-			raws, err := readBundle(bufio.NewReader(r))
+			raws, blobs, err := readBundle(bufio.NewReader(r))
 			if err != nil {
 				return err
 			}
 			return withNode(g, func(n *node) error {
-				res, err := n.inst.Apply("import", raws...)
+				res, err := n.inst.ApplyVerified("import", engine.Verify(raws...).WithBlobs(blobs))
 				if err != nil {
 					return err
 				}
@@ -75,26 +96,42 @@ func newImportCmd(g *globals) *cobra.Command {
 	}
 }
 
-func readBundle(r *bufio.Reader) ([][]byte, error) {
+// readBundle returns a bundle's entries and blobs.
+func readBundle(r *bufio.Reader) (raws, blobs [][]byte, err error) {
 	magic := make([]byte, len(bundleMagic))
-	if _, err := io.ReadFull(r, magic); err != nil || string(magic) != bundleMagic {
-		return nil, errors.New("not an eidefs bundle")
+	if _, err := io.ReadFull(r, magic); err != nil || (string(magic) != bundleMagic && string(magic) != bundleMagicV1) {
+		return nil, nil, errors.New("not an eidefs bundle")
 	}
-	var raws [][]byte
+	v1 := string(magic) == bundleMagicV1
 	for {
+		kind := byte('e')
+		if !v1 {
+			if kind, err = r.ReadByte(); errors.Is(err, io.EOF) {
+				return raws, blobs, nil
+			} else if err != nil {
+				return nil, nil, fmt.Errorf("reading bundle: %w", err)
+			}
+			if kind != 'e' && kind != 'b' {
+				return nil, nil, fmt.Errorf("reading bundle: unknown record kind %q", kind)
+			}
+		}
 		n, err := binary.ReadUvarint(r)
-		if errors.Is(err, io.EOF) {
-			return raws, nil
+		if v1 && errors.Is(err, io.EOF) {
+			return raws, blobs, nil
 		} else if err != nil {
-			return nil, fmt.Errorf("reading bundle: %w", err)
+			return nil, nil, fmt.Errorf("reading bundle: truncated: %w", err)
 		}
 		if n > 256<<20 {
-			return nil, fmt.Errorf("reading bundle: entry of %d bytes is too large", n)
+			return nil, nil, fmt.Errorf("reading bundle: record of %d bytes is too large", n)
 		}
-		raw := make([]byte, n)
-		if _, err := io.ReadFull(r, raw); err != nil {
-			return nil, fmt.Errorf("reading bundle: truncated: %w", err)
+		b := make([]byte, n)
+		if _, err := io.ReadFull(r, b); err != nil {
+			return nil, nil, fmt.Errorf("reading bundle: truncated: %w", err)
 		}
-		raws = append(raws, raw)
+		if kind == 'e' {
+			raws = append(raws, b)
+		} else {
+			blobs = append(blobs, b)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -186,5 +187,52 @@ func TestCLICompletion(t *testing.T) {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Errorf("eidefs completion %s: exit %d, %q…, stderr %q; want it to contain %q", shell, code, out[:min(len(out), 80)], errs, want)
 		}
+	}
+}
+
+// A bundle carries the blobs of large values: export from A, import on B, and B
+// reads the same bytes. A bundle of the first format (entries only) still imports.
+func TestBundleCarriesBlobs(t *testing.T) {
+	a, b := filepath.Join(t.TempDir(), "a"), filepath.Join(t.TempDir(), "b")
+	ok(t, a, "init")
+	ok(t, b, "init")
+	ok(t, a, "db", "create", "notes")
+	big := strings.Repeat("0123456789abcdef", 6_000) // 96,000 bytes: a blob
+	ok(t, a, "set", "notes", "s", "big", big)
+	ok(t, a, "set", "notes", "s", "small", "tiny")
+	bundle := filepath.Join(t.TempDir(), "notes.bundle")
+	if err := os.WriteFile(bundle, []byte(ok(t, a, "export", "notes")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ok(t, b, "import", bundle)
+	if got := ok(t, b, "get", "notes", "s", "big"); got != big {
+		t.Fatalf("B reads %d bytes of the big value, want %d", len(got), len(big))
+	}
+	if got := ok(t, b, "get", "notes", "s", "small"); got != "tiny" {
+		t.Fatalf("B reads %q", got)
+	}
+	if files, _ := filepath.Glob(filepath.Join(b, blobDir, "??", "*")); len(files) != 1 {
+		t.Fatalf("B's blob files: %v, want the big value's", files)
+	}
+
+	// The first format: the magic, then per entry a uvarint length and the bytes.
+	c := filepath.Join(t.TempDir(), "c")
+	ok(t, c, "init")
+	ok(t, c, "db", "create", "old")
+	ok(t, c, "set", "old", "s", "k", "v")
+	raw := []byte(ok(t, c, "export", "old"))
+	var v1 []byte
+	v1 = append(v1, bundleMagicV1...)
+	for rest := raw[len(bundleMagic):]; len(rest) > 0; {
+		n, w := binary.Uvarint(rest[1:])
+		v1 = append(v1, rest[1:1+w+int(n)]...)
+		rest = rest[1+w+int(n):]
+	}
+	if err := os.WriteFile(bundle, v1, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ok(t, b, "import", bundle)
+	if got := ok(t, b, "get", "old", "s", "k"); got != "v" {
+		t.Fatalf("after importing a first-format bundle: %q", got)
 	}
 }

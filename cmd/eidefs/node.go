@@ -17,6 +17,7 @@ const (
 	keyFile    = "device.key"
 	configFile = "eidefs.toml"
 	storeDir   = "db"
+	blobDir    = "blobs"
 )
 
 func defaultDataDir() string {
@@ -109,7 +110,7 @@ func openNode(g *globals) (*node, error) {
 		return nil, err
 	}
 	maxValue, _ := parseSize(cfg.MaxValue)
-	inst, err := engine.Open(store, engine.Options{Identity: id, MaxValue: maxValue})
+	inst, err := engine.Open(store, engine.Options{Identity: id, MaxValue: maxValue, BlobDir: filepath.Join(dir, blobDir)})
 	if err != nil {
 		store.Close()
 		return nil, err

@@ -1,0 +1,384 @@
+package engine
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+)
+
+// Large values live outside the kv store, as blobs: files named by their hash
+// (BlobSum). A value op of more than BlobMin bytes carries the blob's hash and size
+// instead of the bytes, so the entry stays small: committing a large file hashes it
+// once and writes it once (no kv journal, no compactions), and sync sends the blob
+// next to the entry that refers to it (docs/design.md, "Blobs").
+
+// BlobMin is the largest value kept inside its entry; larger ones become blobs.
+const BlobMin = 64 << 10
+
+// ErrMissingBlob: an entry refers to a blob this node does not have (its sender did
+// not send it, or a power cut lost a value that was never fsynced).
+var ErrMissingBlob = errors.New("blob missing")
+
+type blobHash = [sha256.Size]byte
+
+// BlobChunk is the size of the pieces a blob's hash is made of.
+const BlobChunk = 1 << 20
+
+// BlobSum is a blob's hash: SHA-256 over "eidefs blob v1\0" and the SHA-256 of
+// each BlobChunk-byte piece of value in turn (the last one may be shorter). The
+// pieces are hashed on all cores, so a large file is hashed in a fraction of the
+// time one SHA-256 pass takes; the size, which fixes the number of pieces, is part
+// of every reference to a blob.
+func BlobSum(value []byte) [sha256.Size]byte {
+	n := (len(value) + BlobChunk - 1) / BlobChunk
+	sums := make([]byte, n*sha256.Size)
+	hashChunks(value, sums, nil)
+	return blobSumOf(sums)
+}
+
+func blobSumOf(sums []byte) blobHash {
+	h := sha256.New()
+	h.Write([]byte("eidefs blob v1\x00"))
+	h.Write(sums)
+	var out blobHash
+	h.Sum(out[:0])
+	return out
+}
+
+// hashChunks fills sums with the SHA-256 of each chunk of value whose known[i] is
+// false (all, when known is nil), on all cores.
+func hashChunks(value, sums []byte, known []bool) {
+	n := len(sums) / sha256.Size
+	var next atomic.Int64
+	work := func() {
+		for {
+			i := int(next.Add(1) - 1)
+			if i >= n {
+				return
+			}
+			if known != nil && known[i] {
+				continue
+			}
+			s := sha256.Sum256(value[i*BlobChunk : min(len(value), (i+1)*BlobChunk)])
+			copy(sums[i*sha256.Size:], s[:])
+		}
+	}
+	workers := min(runtime.GOMAXPROCS(0), n)
+	var wg sync.WaitGroup
+	for w := 1; w < workers; w++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); work() }()
+	}
+	work()
+	wg.Wait()
+}
+
+// blobStore keeps blobs by hash. put must be idempotent; get returns the bytes of a
+// blob that was put with the same hash, checked against its size.
+type blobStore interface {
+	put(h blobHash, data []byte) error
+	has(h blobHash, size int64) bool
+	get(h blobHash, size int64) ([]byte, error)
+	path(h blobHash) string // "" when the blob is not a file
+	sync(h blobHash) error  // makes a put blob durable
+}
+
+// dirBlobs stores blobs as read-only files dir/ab/<hex hash>. A blob is written to
+// dir/tmp and renamed into place, so a blob file is always complete: a reader never
+// sees a half-written one, and a crash leaves at most a stray temporary file.
+type dirBlobs struct{ dir string }
+
+func (b dirBlobs) path(h blobHash) string {
+	x := hex.EncodeToString(h[:])
+	return filepath.Join(b.dir, x[:2], x)
+}
+
+func (b dirBlobs) has(h blobHash, size int64) bool {
+	fi, err := os.Stat(b.path(h))
+	return err == nil && fi.Size() == size
+}
+
+func (b dirBlobs) sync(h blobHash) error {
+	f, err := os.Open(b.path(h))
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = syncDir(filepath.Dir(b.path(h)))
+	}
+	if err == nil {
+		err = syncDir(b.dir) // the fan-out directory may be new
+	}
+	if err != nil {
+		return fmt.Errorf("syncing blob %x: %w", h[:4], err)
+	}
+	return nil
+}
+
+func (b dirBlobs) put(h blobHash, data []byte) error {
+	if b.has(h, int64(len(data))) {
+		return nil
+	}
+	final := b.path(h)
+	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
+		return err
+	}
+	tmpDir := filepath.Join(b.dir, "tmp")
+	if err := os.MkdirAll(tmpDir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(tmpDir, "blob-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // after a successful rename: nothing to remove
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(0o400)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), final)
+	}
+	if err != nil {
+		return fmt.Errorf("writing blob %x: %w", h[:4], err)
+	}
+	return nil
+}
+
+func (b dirBlobs) get(h blobHash, size int64) ([]byte, error) {
+	data, err := os.ReadFile(b.path(h))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %x", ErrMissingBlob, h[:8])
+	}
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) != size {
+		return nil, fmt.Errorf("%w: blob %x has %d bytes, its entry says %d", ErrCorrupt, h[:8], len(data), size)
+	}
+	return data, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// memBlobs keeps blobs in memory, for instances over an in-memory kv store.
+type memBlobs struct {
+	mu sync.RWMutex
+	m  map[blobHash][]byte
+}
+
+func (b *memBlobs) path(blobHash) string { return "" }
+
+func (b *memBlobs) sync(blobHash) error { return nil }
+
+func (b *memBlobs) has(h blobHash, size int64) bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	v, ok := b.m[h]
+	return ok && int64(len(v)) == size
+}
+
+func (b *memBlobs) put(h blobHash, data []byte) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m == nil {
+		b.m = map[blobHash][]byte{}
+	}
+	if _, ok := b.m[h]; !ok {
+		b.m[h] = bytes.Clone(data)
+	}
+	return nil
+}
+
+func (b *memBlobs) get(h blobHash, size int64) ([]byte, error) {
+	b.mu.RLock()
+	v, ok := b.m[h]
+	b.mu.RUnlock()
+	if !ok || int64(len(v)) != size {
+		return nil, fmt.Errorf("%w: %x", ErrMissingBlob, h[:8])
+	}
+	return bytes.Clone(v), nil
+}
+
+// blobRef is an op's reference to a blob.
+func (op *Op) blobRef() (blobHash, bool) {
+	var h blobHash
+	if len(op.Blob) != len(h) {
+		return h, false
+	}
+	copy(h[:], op.Blob)
+	return h, true
+}
+
+// putBlob stores value as a blob and returns its hash.
+func (in *Instance) putBlob(value []byte) (blobHash, error) {
+	h := BlobSum(value)
+	return h, in.keepBlob(h, value)
+}
+
+// keepBlob stores a blob; it is durable after the next syncBlobs.
+func (in *Instance) keepBlob(h blobHash, value []byte) error {
+	if err := in.blobs.put(h, value); err != nil {
+		return err
+	}
+	in.blobMu.Lock()
+	if in.unsynced == nil {
+		in.unsynced = map[blobHash]bool{}
+	}
+	in.unsynced[h] = true
+	in.blobMu.Unlock()
+	return nil
+}
+
+// syncBlobs makes every blob stored so far durable (fsync): a Sync commit or
+// SyncJournal calls it before syncing the kv journal, so that no entry that
+// survives a power cut refers to a blob that did not.
+func (in *Instance) syncBlobs() error {
+	in.blobMu.Lock()
+	hs := in.unsynced
+	in.unsynced = nil
+	in.blobMu.Unlock()
+	for h := range hs {
+		if err := in.blobs.sync(h); err != nil {
+			in.blobMu.Lock()
+			if in.unsynced == nil {
+				in.unsynced = map[blobHash]bool{}
+			}
+			for h := range hs {
+				in.unsynced[h] = true
+			}
+			in.blobMu.Unlock()
+			return err
+		}
+	}
+	return nil
+}
+
+// opValue returns the bytes an op sets, reading its blob if it has one.
+func (in *Instance) opValue(op *Op) ([]byte, error) {
+	if h, ok := op.blobRef(); ok {
+		return in.blobs.get(h, int64(op.Size))
+	}
+	return op.Value, nil
+}
+
+// BlobPath returns the file holding the blob a node's value is in, or "" when the
+// value is not a blob (or blobs are kept in memory). The file is read-only and
+// never changes; a reader may open it instead of reading the value whole.
+func (in *Instance) BlobPath(n Node) string {
+	if len(n.Blob) != sha256.Size {
+		return ""
+	}
+	return in.blobs.path(blobHash(n.Blob))
+}
+
+// Blobs returns the blobs the entry raw refers to, in the order of its ops: what a
+// sender sends next to the entry. A stored entry whose blob is missing returns
+// ErrMissingBlob.
+func (in *Instance) Blobs(raw []byte) ([][]byte, error) {
+	if !mayHaveBlobs(raw) {
+		return nil, nil
+	}
+	e, err := parseEntry(raw)
+	if err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	for _, sn := range e.Stores {
+		for i := range sn.Ops {
+			if h, ok := sn.Ops[i].blobRef(); ok {
+				b, err := in.blobs.get(h, int64(sn.Ops[i].Size))
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, b)
+			}
+		}
+	}
+	return out, nil
+}
+
+// blobRefKey is how an op's blob hash starts in an entry's encoding: key 4, then a
+// 32-byte byte string. Entries without it have no blobs (a value may contain these
+// bytes by chance; the parse then says there are none).
+var blobRefKey = []byte{0x04, 0x58, 0x20}
+
+func mayHaveBlobs(raw []byte) bool { return bytes.Contains(raw, blobRefKey) }
+
+// storeBlobs keeps the blobs received with entries: each must be the blob that an
+// op of one of the (verified) entries refers to; others are ignored, so a peer
+// cannot store bytes nothing refers to.
+func (in *Instance) storeBlobs(ds []decoded, blobs [][]byte) error {
+	if len(blobs) == 0 {
+		return nil
+	}
+	want := map[blobHash]int64{}
+	for _, d := range ds {
+		if d.e == nil {
+			continue
+		}
+		for _, sn := range d.e.Stores {
+			for i := range sn.Ops {
+				if h, ok := sn.Ops[i].blobRef(); ok {
+					want[h] = int64(sn.Ops[i].Size)
+				}
+			}
+		}
+	}
+	for _, b := range blobs {
+		h := BlobSum(b)
+		if size, ok := want[h]; !ok || size != int64(len(b)) {
+			continue
+		}
+		if err := in.keepBlob(h, b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// missingBlob returns an error naming the first blob e refers to that is not here.
+func (in *Instance) missingBlob(e *Entry) error {
+	for _, sn := range e.Stores {
+		for i := range sn.Ops {
+			if h, ok := sn.Ops[i].blobRef(); ok && !in.blobs.has(h, int64(sn.Ops[i].Size)) {
+				return fmt.Errorf("%w: %x (%d bytes) for %s", ErrMissingBlob, h[:8], sn.Ops[i].Size, sn.Name)
+			}
+		}
+	}
+	return nil
+}
+
+// withBlob reads the value of a node read with its value, if it is in a blob.
+func (in *Instance) withBlob(n Node, err error) (Node, error) {
+	if err != nil || n.Value != nil || len(n.Blob) == 0 {
+		return n, err
+	}
+	op := Op{Kind: OpValue, Blob: n.Blob, Size: uint64(n.Size)}
+	if n.Value, err = in.opValue(&op); err != nil {
+		return Node{}, fmt.Errorf("reading value: %w", err)
+	}
+	return n, nil
+}

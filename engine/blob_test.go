@@ -1,0 +1,203 @@
+package engine
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/eidefs/eidefs/kv"
+)
+
+// diskInstanceAt opens an instance over a kv store and blob directory in dir.
+func diskInstanceAt(t *testing.T, dir string, id *Identity) (*Instance, func()) {
+	t.Helper()
+	store, err := kv.Open(filepath.Join(dir, "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := Open(store, Options{Identity: id, BlobDir: filepath.Join(dir, "blobs")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in, func() { in.Close(); store.Close() }
+}
+
+func bigValue(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7) + seed
+	}
+	return b
+}
+
+// A value over BlobMin is kept once, in a read-only blob file named by its hash;
+// the entry holds only the reference, reads and reopens return the bytes, and a
+// value of BlobMin bytes stays in its entry.
+func TestLargeValueIsABlob(t *testing.T) {
+	dir, id := t.TempDir(), NewIdentity()
+	in, closeIn := diskInstanceAt(t, dir, id)
+	db, _ := in.CreateDatabase("d", "")
+	big, edge := bigValue(3<<20, 1), bigValue(BlobMin, 2)
+	tx := db.Begin()
+	tx.Store("s").Set("big", big).Set("edge", edge)
+	eid := mustCommit(t, tx)
+	raw, _ := in.Entry(eid)
+	if len(raw) > BlobMin+4096 {
+		t.Fatalf("entry is %d bytes: the large value is inside it", len(raw))
+	}
+	h := BlobSum(big)
+	n, err := db.Open("s", []string{"big"})
+	if err != nil || !bytes.Equal(n.Blob, h[:]) || n.Value != nil || n.Size != int64(len(big)) {
+		t.Fatalf("Open: blob %x value %d bytes size %d, %v", n.Blob, len(n.Value), n.Size, err)
+	}
+	p := in.BlobPath(n)
+	fi, err := os.Stat(p)
+	if err != nil || fi.Size() != int64(len(big)) || fi.Mode().Perm()&0o222 != 0 {
+		t.Fatalf("blob file %s: %v, %v", p, fi, err)
+	}
+	if n, _ := db.Open("s", []string{"edge"}); n.Blob != nil {
+		t.Fatalf("a %d-byte value became a blob", BlobMin)
+	}
+	if v, err := in.ValueIn(eid, "s", []string{"big"}); err != nil || !bytes.Equal(v, big) {
+		t.Fatalf("ValueIn: %d bytes, %v", len(v), err)
+	}
+	closeIn()
+
+	in, closeIn = diskInstanceAt(t, dir, id)
+	defer closeIn()
+	db, _ = in.Database("d")
+	if got := getString(t, db, "s", "big"); got != string(big) {
+		t.Fatalf("after reopen: %d bytes", len(got))
+	}
+	if got := getString(t, db, "s", "edge"); got != string(edge) {
+		t.Fatalf("edge value after reopen: %d bytes", len(got))
+	}
+	snap, err := db.At(eid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := snap.Get("s", []string{"big"}); err != nil || !bytes.Equal(n.Value, big) {
+		t.Fatalf("snapshot: %d bytes, %v", len(n.Value), err)
+	}
+	if left, _ := os.ReadDir(filepath.Join(dir, "blobs", "tmp")); len(left) != 0 {
+		t.Fatalf("temporary blob files left: %v", left)
+	}
+}
+
+// An entry travels with its blobs. Without them, or with a blob whose bytes do
+// not match the hash, the entry is rejected with ErrMissingBlob and nothing is
+// stored; bytes that no entry refers to are not kept.
+func TestEntryNeedsItsBlob(t *testing.T) {
+	a := newInstance(t, nil)
+	db, _ := a.CreateDatabase("d", "")
+	big := bigValue(200_000, 3)
+	tx := db.Begin()
+	tx.Store("s").Set("big", big)
+	eid := mustCommit(t, tx)
+	var raws [][]byte
+	db.Entries(0, func(_ ID, raw []byte) bool { raws = append(raws, raw); return true })
+	blobs, err := a.Blobs(raws[len(raws)-1])
+	if err != nil || len(blobs) != 1 || !bytes.Equal(blobs[0], big) {
+		t.Fatalf("Blobs: %d, %v", len(blobs), err)
+	}
+
+	b := newInstance(t, nil)
+	res, err := b.Apply("peer", raws...)
+	if err != nil || len(res.Rejected) != 1 || !errors.Is(res.Rejected[0].Err, ErrMissingBlob) || res.Rejected[0].ID != eid {
+		t.Fatalf("without its blob: %+v, %v", res, err)
+	}
+	bad := bytes.Clone(big)
+	bad[1000] ^= 1
+	stray := bigValue(100_000, 9)
+	res, err = b.ApplyVerified("peer", Verify(raws[len(raws)-1]).WithBlobs([][]byte{bad, stray}))
+	if err != nil || len(res.Rejected) != 1 || !errors.Is(res.Rejected[0].Err, ErrMissingBlob) {
+		t.Fatalf("with a damaged blob: %+v, %v", res, err)
+	}
+	sh := BlobSum(stray)
+	if b.blobs.has(sh, int64(len(stray))) {
+		t.Fatal("a blob no entry refers to was stored")
+	}
+	res, err = b.ApplyVerified("peer", Verify(raws[len(raws)-1]).WithBlobs(blobs))
+	if err != nil || len(res.Applied) != 1 {
+		t.Fatalf("with its blob: %+v, %v", res, err)
+	}
+	bdb, _ := b.DatabaseByID(db.ID())
+	if got := getString(t, bdb, "s", "big"); got != string(big) {
+		t.Fatalf("replica reads %d bytes", len(got))
+	}
+}
+
+// Concurrent large writes to one key: the loser's bytes are listed with the
+// conflict, read from its blob.
+func TestBlobConflict(t *testing.T) {
+	a, b := newInstance(t, nil), newInstance(t, nil)
+	db, _ := a.CreateDatabase("d", "")
+	if _, err := db.Grant(b.Identity().Public().String(), "b", PermWrite); err != nil {
+		t.Fatal(err)
+	}
+	syncAll(t, a, b)
+	bdb, _ := b.DatabaseByID(db.ID())
+	va, vb := bigValue(300_000, 4), bigValue(400_000, 5)
+	tx := db.Begin()
+	tx.Store("s").Set("k", va)
+	mustCommit(t, tx)
+	tx = bdb.Begin()
+	tx.Store("s").Set("k", vb)
+	mustCommit(t, tx)
+	syncAll(t, a, b)
+	syncAll(t, b, a)
+	for _, d := range []*Database{db, bdb} {
+		win := getString(t, d, "s", "k")
+		var lost []byte
+		n := 0
+		d.Conflicts(func(c Conflict) bool { lost = c.Value; n++; return true })
+		if n != 1 || !(win == string(va) && bytes.Equal(lost, vb) || win == string(vb) && bytes.Equal(lost, va)) {
+			t.Fatalf("winner %d bytes, %d conflicts, loser %d bytes", len(win), n, len(lost))
+		}
+	}
+}
+
+// The shape rules for blob references.
+func TestBlobShape(t *testing.T) {
+	h := make([]byte, 32)
+	for _, c := range []struct {
+		name string
+		op   Op
+		ok   bool
+	}{
+		{"reference", Op{Path: []string{"k"}, Kind: OpValue, Blob: h, Size: BlobMin + 1}, true},
+		{"short hash", Op{Path: []string{"k"}, Kind: OpValue, Blob: h[:31], Size: BlobMin + 1}, false},
+		{"small size", Op{Path: []string{"k"}, Kind: OpValue, Blob: h, Size: BlobMin}, false},
+		{"size only", Op{Path: []string{"k"}, Kind: OpValue, Size: BlobMin + 1}, false},
+		{"with a value", Op{Path: []string{"k"}, Kind: OpValue, Value: []byte("x"), Blob: h, Size: BlobMin + 1}, false},
+		{"on a link", Op{Path: []string{"k"}, Kind: OpLink, Value: []byte("x"), Blob: h, Size: BlobMin + 1}, false},
+		{"on a delete", Op{Path: []string{"k"}, Kind: OpDelete, Blob: h, Size: BlobMin + 1}, false},
+	} {
+		e := &Entry{Root: ID{1}, Parents: []ID{{2}}, Height: 5, Stores: []StoreNode{{Name: "s", Ops: []Op{c.op}}}}
+		raw, _ := e.sign(NewIdentity())
+		_, _, err := DecodeEntry(raw)
+		if (err == nil) != c.ok {
+			t.Errorf("%s: %v", c.name, err)
+		}
+	}
+}
+
+// BlobSum against its definition, computed one piece at a time, at sizes around
+// the piece boundaries.
+func TestBlobSum(t *testing.T) {
+	for _, n := range []int{1, BlobChunk - 1, BlobChunk, BlobChunk + 1, 5*BlobChunk/2, 4 * BlobChunk} {
+		v := bigValue(n, byte(n))
+		ref := sha256.New()
+		ref.Write([]byte("eidefs blob v1\x00"))
+		for off := 0; off < n; off += BlobChunk {
+			s := sha256.Sum256(v[off:min(n, off+BlobChunk)])
+			ref.Write(s[:])
+		}
+		if got := BlobSum(v); !bytes.Equal(got[:], ref.Sum(nil)) {
+			t.Fatalf("BlobSum of %d bytes differs from its definition", n)
+		}
+	}
+}
