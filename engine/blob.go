@@ -284,14 +284,14 @@ func (in *Instance) opValue(op *Op) ([]byte, error) {
 	return op.Value, nil
 }
 
-// BlobPath returns the file holding the blob a node's value is in, or "" when the
-// value is not a blob (or blobs are kept in memory). The file is read-only and
-// never changes; a reader may open it instead of reading the value whole.
-func (in *Instance) BlobPath(n Node) string {
-	if len(n.Blob) != sha256.Size {
+// BlobPath returns the file holding the blob with hash h (a Node's Blob), or ""
+// when there is none (or blobs are kept in memory). The file is read-only and
+// never changes; a reader may read it instead of reading the value whole.
+func (in *Instance) BlobPath(h []byte) string {
+	if len(h) != sha256.Size {
 		return ""
 	}
-	return in.blobs.path(blobHash(n.Blob))
+	return in.blobs.path(blobHash(h))
 }
 
 // Blobs returns the blobs the entry raw refers to, in the order of its ops: what a

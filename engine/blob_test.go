@@ -53,7 +53,7 @@ func TestLargeValueIsABlob(t *testing.T) {
 	if err != nil || !bytes.Equal(n.Blob, h[:]) || n.Value != nil || n.Size != int64(len(big)) {
 		t.Fatalf("Open: blob %x value %d bytes size %d, %v", n.Blob, len(n.Value), n.Size, err)
 	}
-	p := in.BlobPath(n)
+	p := in.BlobPath(n.Blob)
 	fi, err := os.Stat(p)
 	if err != nil || fi.Size() != int64(len(big)) || fi.Mode().Perm()&0o222 != 0 {
 		t.Fatalf("blob file %s: %v, %v", p, fi, err)
@@ -199,5 +199,41 @@ func TestBlobSum(t *testing.T) {
 		if got := BlobSum(v); !bytes.Equal(got[:], ref.Sum(nil)) {
 			t.Fatalf("BlobSum of %d bytes differs from its definition", n)
 		}
+	}
+}
+
+// Stat names a value's blob, and SetNode moves a large value by its reference:
+// no second blob, the same bytes under the new path.
+func TestSetNodeMovesBlob(t *testing.T) {
+	dir := t.TempDir()
+	in, closeIn := diskInstanceAt(t, dir, NewIdentity())
+	defer closeIn()
+	db, _ := in.CreateDatabase("d", "")
+	big := bigValue(2<<20, 6)
+	tx := db.Begin()
+	tx.Store("s").Set("a", big).Set("small", []byte("x"))
+	mustCommit(t, tx)
+	n, err := db.Stat("s", []string{"a"})
+	h := BlobSum(big)
+	if err != nil || !bytes.Equal(n.Blob, h[:]) {
+		t.Fatalf("Stat: blob %x, %v", n.Blob, err)
+	}
+	small, _ := db.Get("s", []string{"small"})
+	tx = db.Begin()
+	tx.Store("s").Delete([]string{"a"}).SetNode([]string{"d", "b"}, n).Delete([]string{"small"}).SetNode([]string{"small2"}, small)
+	mustCommit(t, tx)
+	if got := getString(t, db, "s", "d", "b"); got != string(big) {
+		t.Fatalf("moved value: %d bytes", len(got))
+	}
+	if got := getString(t, db, "s", "small2"); got != "x" {
+		t.Fatalf("moved small value: %q", got)
+	}
+	if files, _ := filepath.Glob(filepath.Join(dir, "blobs", "??", "*")); len(files) != 1 {
+		t.Fatalf("blob files: %v", files)
+	}
+	tx = db.Begin()
+	tx.Store("s").SetNode([]string{"c"}, Node{Kind: OpValue, Blob: make([]byte, 32), Size: BlobMin + 1})
+	if _, err := tx.Commit(Journal); !errors.Is(err, ErrMissingBlob) {
+		t.Fatalf("SetNode of an unknown blob: %v", err)
 	}
 }

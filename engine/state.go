@@ -33,6 +33,7 @@ type pathRec struct {
 	XS  uint64    `cbor:"10,keyasint"`          // its author's sequence number
 	XK  OpKind    `cbor:"11,keyasint"`          // its kind
 	Big bool      `cbor:"12,keyasint,omitempty"`
+	B   []byte    `cbor:"13,keyasint,omitempty"` // the value's blob hash, if it is a blob (blob.go)
 }
 
 type histRec struct {
@@ -126,7 +127,7 @@ func applyOp(w stagingRW, db ID, store string, op Op, o order, a *applied) error
 	if rec.L.less(o) {
 		setLatest(rec, op.Kind, op.Value, o, a)
 		if op.Size > 0 { // a blob: its bytes are not in the entry
-			rec.N, rec.Big = int64(op.Size), true
+			rec.N, rec.Big, rec.B = int64(op.Size), true, op.Blob
 		}
 	}
 	if op.Kind.overrides() && rec.O.less(o) {
@@ -153,7 +154,7 @@ func applyOp(w stagingRW, db ID, store string, op Op, o order, a *applied) error
 
 func setLatest(rec *pathRec, kind OpKind, value []byte, o order, a *applied) {
 	rec.L, rec.K, rec.T, rec.A = o, kind, a.e.Time, a.e.Author
-	rec.N, rec.V, rec.Big = int64(len(value)), nil, len(value) > inlineMax
+	rec.N, rec.V, rec.Big, rec.B = int64(len(value)), nil, len(value) > inlineMax, nil
 	if !rec.Big && len(value) > 0 {
 		rec.V = value
 	}
@@ -233,7 +234,7 @@ type Node struct {
 }
 
 func (r *pathRec) node() Node {
-	return Node{Kind: r.K, Size: r.N, Value: r.V, Time: r.T, Entry: r.L.E, Height: r.L.H, Author: r.A}
+	return Node{Kind: r.K, Size: r.N, Value: r.V, Time: r.T, Entry: r.L.E, Height: r.L.H, Author: r.A, Blob: r.B}
 }
 
 // resolve walks from the store root to path and returns the path's record if it is
@@ -284,12 +285,12 @@ func readNode(r kv.Reader, cache *mapCache, db ID, store string, path []string, 
 		return Node{}, err
 	}
 	n := rec.node()
-	if withValue && rec.Big {
+	if withValue && rec.Big && rec.B == nil {
 		op, err := loadOp(r, store, rec.L)
 		if err != nil {
 			return Node{}, fmt.Errorf("reading value: %w", err)
 		}
-		n.Value, n.Blob = op.Value, op.Blob
+		n.Value = op.Value
 	}
 	if !withValue {
 		n.Value = nil

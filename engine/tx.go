@@ -126,6 +126,38 @@ func (s *StoreTx) SetPath(path []string, value []byte) *StoreTx {
 	return s.stage(path, OpValue, value)
 }
 
+// SetNode sets path to what n (read from this database) is: a value, or a link.
+// A value kept as a blob is referred to again, without reading or copying it:
+// how a rename moves a large file.
+func (s *StoreTx) SetNode(path []string, n Node) *StoreTx {
+	switch {
+	case n.Kind == OpLink:
+		return s.SetLink(path, string(n.Value))
+	case n.Kind != OpValue:
+		s.tx.fail(fmt.Errorf("%w: SetNode of a %s", ErrInvalidName, n.Kind))
+		return s
+	case len(n.Blob) == 0:
+		return s.SetPath(path, n.Value)
+	}
+	if len(path) == 0 {
+		s.tx.fail(fmt.Errorf("%w: empty path", ErrInvalidName))
+		return s
+	}
+	for _, name := range path {
+		if err := CheckName(name); err != nil {
+			s.tx.fail(err)
+			return s
+		}
+	}
+	op := Op{Path: slices.Clone(path), Kind: OpValue, Blob: slices.Clone(n.Blob), Size: uint64(n.Size)}
+	if err := s.tx.db.in.missingBlob(&Entry{Stores: []StoreNode{{Name: s.name, Ops: []Op{op}}}}); err != nil {
+		s.tx.fail(err)
+		return s
+	}
+	s.ops = append(s.ops, op)
+	return s
+}
+
 // SetLink makes path a symbolic link to target.
 func (s *StoreTx) SetLink(path []string, target string) *StoreTx {
 	if len(path) == 0 {

@@ -643,7 +643,7 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 		if dstExists && dstNode.Kind == engine.OpMap {
 			return syscall.EISDIR
 		}
-		full, err := src.db.Get(src.store, src.path)
+		full, err := src.db.Open(src.store, src.path)
 		if err != nil {
 			return toErrno(err)
 		}
@@ -655,8 +655,11 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 					fn.mu.Lock()
 					if fn.cur != nil {
 						fn.loadLocked(fn.cur) // open descriptors share it
+					} else if v, err := src.db.Get(src.store, src.path); err == nil {
+						fn.cur = &content{data: v.Value, loaded: true, mtime: time.UnixMilli(full.Time)}
 					} else {
-						fn.cur = &content{data: full.Value, loaded: true, mtime: time.UnixMilli(full.Time)}
+						fn.mu.Unlock()
+						return toErrno(err)
 					}
 					fn.local = true
 					fn.mu.Unlock()
@@ -670,11 +673,7 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 		f.unhide(dst)
 		return f.commit(src.db, engine.Journal, func(tx *engine.Tx) {
 			tx.Store(src.store).Delete(src.path)
-			if sn.Kind == engine.OpLink {
-				tx.Store(dst.store).SetLink(dst.path, string(full.Value))
-			} else {
-				tx.Store(dst.store).SetPath(dst.path, full.Value)
-			}
+			tx.Store(dst.store).SetNode(dst.path, full) // a large value moves by reference, unread
 		})
 	}
 
@@ -705,13 +704,10 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 		}
 		copyErr = f.walk(src, func(rel []string, n engine.Node) {
 			p := append(slices.Clone(dst.path), rel...)
-			switch n.Kind {
-			case engine.OpMap:
+			if n.Kind == engine.OpMap {
 				ds.SetMap(p)
-			case engine.OpLink:
-				ds.SetLink(p, string(n.Value))
-			default:
-				ds.SetPath(p, n.Value)
+			} else {
+				ds.SetNode(p, n) // a large value moves by reference, unread
 			}
 		})
 	})
@@ -777,7 +773,7 @@ func (f *FS) walk(l loc, fn func(rel []string, n engine.Node)) error {
 				}
 				continue
 			}
-			n, err := l.db.Get(l.store, append(slices.Clone(l.path), r...))
+			n, err := l.db.Open(l.store, append(slices.Clone(l.path), r...))
 			if err != nil {
 				return err
 			}

@@ -3,6 +3,8 @@ package fs
 import (
 	"bytes"
 	"context"
+	"io"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -28,6 +30,12 @@ type content struct {
 	writers int       // open handles that may write: their closes commit
 	mtime   time.Time
 	refs    int
+	// blob is the hash of the version's blob when its value is kept as one; until
+	// the value is loaded, reads come from the blob's file (file, opened on first
+	// read, closed with the last handle), so reading part of a large file does
+	// not read all of it.
+	blob []byte
+	file *os.File
 }
 
 // fileNode is a key: a file whose bytes are the value.
@@ -62,15 +70,37 @@ type version struct {
 	path  []string
 	size  int64
 	mtime time.Time
+	blob  []byte // the value's blob hash, if it is kept as a blob
 }
 
 func storedVersion(l loc, node engine.Node) version {
-	return version{entry: node.Entry, store: l.store, path: l.path, size: node.Size, mtime: time.UnixMilli(node.Time)}
+	return version{entry: node.Entry, store: l.store, path: l.path, size: node.Size, mtime: time.UnixMilli(node.Time), blob: node.Blob}
 }
 
 // content is v to be read on first use.
 func (v version) content() *content {
-	return &content{version: v.entry, store: v.store, path: v.path, mtime: v.mtime}
+	return &content{version: v.entry, store: v.store, path: v.path, mtime: v.mtime, blob: v.blob}
+}
+
+// readBlobLocked reads c's value at off from its blob file, if it has one; false
+// when it cannot (then the value is loaded whole, which reports what is wrong).
+func (n *fileNode) readBlobLocked(c *content, dest []byte, off int64) (int, bool) {
+	if c.file == nil {
+		p := n.fsys.inst.BlobPath(c.blob)
+		if p == "" {
+			return 0, false
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return 0, false
+		}
+		c.file = f
+	}
+	k, err := c.file.ReadAt(dest, off)
+	if err != nil && err != io.EOF {
+		return 0, false
+	}
+	return k, true
 }
 
 // loadLocked reads c's value on first use: the version its descriptors opened,
@@ -193,7 +223,7 @@ func (n *fileNode) checkStoredLocked(l loc) syscall.Errno {
 func (n *fileNode) adoptLocked(c *content, l loc, node engine.Node) {
 	n.ver = storedVersion(l, node)
 	if c != nil {
-		c.version, c.store, c.path = node.Entry, l.store, l.path
+		c.version, c.store, c.path, c.blob = node.Entry, l.store, l.path, node.Blob
 	}
 }
 
@@ -245,6 +275,14 @@ func (n *fileNode) supersededLocked(l loc, node engine.Node) bool {
 	}
 	if node.Kind != engine.OpValue || node.Size != n.ver.size {
 		return true
+	}
+	if len(node.Blob) > 0 && len(n.ver.blob) > 0 {
+		// Large values compare by their hashes.
+		if !bytes.Equal(node.Blob, n.ver.blob) {
+			return true
+		}
+		n.adoptLocked(n.cur, l, node)
+		return false
 	}
 	c := n.cur
 	if c == nil {
@@ -420,6 +458,11 @@ func (n *fileNode) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off
 	h := f.(*handle)
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if !h.c.loaded && len(h.c.blob) > 0 {
+		if k, ok := n.readBlobLocked(h.c, dest, off); ok {
+			return fuse.ReadResultData(dest[:k]), 0
+		}
+	}
 	if errno := n.loadLocked(h.c); errno != 0 {
 		return nil, errno
 	}
@@ -502,6 +545,10 @@ func (n *fileNode) Release(ctx context.Context, f gofs.FileHandle) syscall.Errno
 	if h.write {
 		h.c.writers--
 	}
+	if h.c.refs <= 0 && h.c.file != nil {
+		h.c.file.Close()
+		h.c.file = nil
+	}
 	if h.c.refs <= 0 && h.c == n.cur && !h.c.dirty && !n.local && !n.pending {
 		n.cur = nil
 		n.fsys.track(n, false)
@@ -567,8 +614,13 @@ func (n *fileNode) commitContent(c *content, d engine.Durability) syscall.Errno 
 // stands for that version.
 func (n *fileNode) committedLocked(c *content, id engine.ID, l loc) {
 	c.dirty, n.pending = false, false
-	c.version, c.store, c.path = id, l.store, l.path
+	c.version, c.store, c.path, c.blob = id, l.store, l.path, nil
 	n.ver = version{entry: id, store: l.store, path: l.path, size: int64(len(c.data)), mtime: c.mtime}
+	if len(c.data) > engine.BlobMin {
+		if st, err := l.db.Stat(l.store, l.path); err == nil && st.Entry == id {
+			n.ver.blob, c.blob = st.Blob, st.Blob
+		}
+	}
 }
 
 func (f *FS) track(n *fileNode, open bool) {
