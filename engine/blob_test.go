@@ -188,7 +188,7 @@ func TestBlobShape(t *testing.T) {
 // BlobSum against its definition, computed one piece at a time, at sizes around
 // the piece boundaries.
 func TestBlobSum(t *testing.T) {
-	for _, n := range []int{1, BlobChunk - 1, BlobChunk, BlobChunk + 1, 5*BlobChunk/2, 4 * BlobChunk} {
+	for _, n := range []int{1, BlobChunk - 1, BlobChunk, BlobChunk + 1, 5 * BlobChunk / 2, 4 * BlobChunk} {
 		v := bigValue(n, byte(n))
 		ref := sha256.New()
 		ref.Write([]byte("eidefs blob v1\x00"))
