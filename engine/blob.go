@@ -6,12 +6,16 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/sys/unix"
 )
 
 // Large values live outside the kv store, as blobs: files named by their hash
@@ -131,6 +135,14 @@ func (b dirBlobs) put(h blobHash, data []byte) error {
 	if b.has(h, int64(len(data))) {
 		return nil
 	}
+	return b.write(h, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
+}
+
+// write makes the blob file for h from what fill writes to a temporary file.
+func (b dirBlobs) write(h blobHash, fill func(*os.File) error) error {
 	final := b.path(h)
 	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
 		return err
@@ -144,7 +156,7 @@ func (b dirBlobs) put(h blobHash, data []byte) error {
 		return err
 	}
 	defer os.Remove(f.Name()) // after a successful rename: nothing to remove
-	_, err = f.Write(data)
+	err = fill(f)
 	if err == nil {
 		err = f.Chmod(0o400)
 	}
@@ -243,13 +255,20 @@ func (in *Instance) keepBlob(h blobHash, value []byte) error {
 	if err := in.blobs.put(h, value); err != nil {
 		return err
 	}
+	in.unsyncedBlobs(h)
+	return nil
+}
+
+// unsyncedBlobs records blobs that the next syncBlobs must make durable.
+func (in *Instance) unsyncedBlobs(hs ...blobHash) {
 	in.blobMu.Lock()
+	defer in.blobMu.Unlock()
 	if in.unsynced == nil {
 		in.unsynced = map[blobHash]bool{}
 	}
-	in.unsynced[h] = true
-	in.blobMu.Unlock()
-	return nil
+	for _, h := range hs {
+		in.unsynced[h] = true
+	}
 }
 
 // syncBlobs makes every blob stored so far durable (fsync): a Sync commit or
@@ -262,14 +281,9 @@ func (in *Instance) syncBlobs() error {
 	in.blobMu.Unlock()
 	for h := range hs {
 		if err := in.blobs.sync(h); err != nil {
-			in.blobMu.Lock()
-			if in.unsynced == nil {
-				in.unsynced = map[blobHash]bool{}
-			}
 			for h := range hs {
-				in.unsynced[h] = true
+				in.unsyncedBlobs(h)
 			}
-			in.blobMu.Unlock()
 			return err
 		}
 	}
@@ -381,4 +395,124 @@ func (in *Instance) withBlob(n Node, err error) (Node, error) {
 		return Node{}, fmt.Errorf("reading value: %w", err)
 	}
 	return n, nil
+}
+
+// SpillFile returns a new empty file, already unlinked, on the disk that holds
+// the blobs, for a large value being written (fs/ keeps an open file's bytes
+// there instead of in memory); nil when blobs are kept in memory. Closing it
+// frees its space.
+func (in *Instance) SpillFile() (*os.File, error) {
+	d, ok := in.blobs.(dirBlobs)
+	if !ok {
+		return nil, nil
+	}
+	tmp := filepath.Join(d.dir, "tmp")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return nil, err
+	}
+	// An O_TMPFILE file can later be linked into place as a blob (putFileBlob).
+	if fd, err := unix.Open(tmp, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600); err == nil {
+		return os.NewFile(uintptr(fd), filepath.Join(tmp, "(spill)")), nil
+	}
+	f, err := os.CreateTemp(tmp, "open-")
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(f.Name())
+	return f, nil
+}
+
+// fileSum is BlobSum of the first size bytes of f, read on all cores.
+func fileSum(f *os.File, size int64) (blobHash, error) {
+	n := int((size + BlobChunk - 1) / BlobChunk)
+	sums := make([]byte, n*sha256.Size)
+	var next atomic.Int64
+	var ferr atomic.Value
+	work := func() {
+		buf := make([]byte, BlobChunk)
+		for {
+			i := int(next.Add(1) - 1)
+			if i >= n {
+				return
+			}
+			off := int64(i) * BlobChunk
+			b := buf[:min(BlobChunk, size-off)]
+			if _, err := f.ReadAt(b, off); err != nil {
+				ferr.CompareAndSwap(nil, err)
+				return
+			}
+			s := sha256.Sum256(b)
+			copy(sums[i*sha256.Size:], s[:])
+		}
+	}
+	workers := min(runtime.GOMAXPROCS(0), n)
+	var wg sync.WaitGroup
+	for w := 1; w < workers; w++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); work() }()
+	}
+	work()
+	wg.Wait()
+	if err, _ := ferr.Load().(error); err != nil {
+		return blobHash{}, err
+	}
+	return blobSumOf(sums), nil
+}
+
+// putFileBlob stores the first size bytes of f as a blob and returns its hash.
+// When f is a SpillFile of exactly size bytes, it becomes the blob file itself
+// (linked into place, no copy), so it must not be written to afterwards.
+func (in *Instance) putFileBlob(f *os.File, size int64) (blobHash, error) {
+	h, err := fileSum(f, size)
+	if err != nil {
+		return h, err
+	}
+	d, ok := in.blobs.(dirBlobs)
+	if !ok {
+		b := make([]byte, size)
+		if _, err := f.ReadAt(b, 0); err != nil {
+			return h, err
+		}
+		return h, in.keepBlob(h, b)
+	}
+	if !d.has(h, size) && !d.link(h, f, size) {
+		if err := d.putFrom(h, f, size); err != nil {
+			return h, err
+		}
+	}
+	in.unsyncedBlobs(h)
+	return h, nil
+}
+
+// link makes the unnamed file f (O_TMPFILE) of exactly size bytes the blob file
+// for h; false when it cannot (then the caller copies).
+func (b dirBlobs) link(h blobHash, f *os.File, size int64) bool {
+	if fi, err := f.Stat(); err != nil || fi.Size() != size || fi.Mode().Perm()&0o077 != 0 {
+		return false
+	}
+	final := b.path(h)
+	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
+		return false
+	}
+	if err := f.Chmod(0o400); err != nil {
+		return false
+	}
+	proc := "/proc/self/fd/" + strconv.Itoa(int(f.Fd()))
+	err := unix.Linkat(unix.AT_FDCWD, proc, unix.AT_FDCWD, final, unix.AT_SYMLINK_FOLLOW)
+	return err == nil || errors.Is(err, fs.ErrExist)
+}
+
+// putFrom is put of the first size bytes of f, copied in the kernel
+// (copy_file_range) where the filesystem can.
+func (b dirBlobs) putFrom(h blobHash, src *os.File, size int64) error {
+	return b.write(h, func(dst *os.File) error {
+		if _, err := src.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		n, err := io.Copy(dst, io.LimitReader(src, size))
+		if err == nil && n != size {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	})
 }

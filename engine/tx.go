@@ -1,7 +1,10 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"os"
 	"slices"
 	"time"
 )
@@ -124,6 +127,41 @@ func (s *StoreTx) SetPath(path []string, value []byte) *StoreTx {
 		return s
 	}
 	return s.stage(path, OpValue, value)
+}
+
+// SetPathFile is SetPath with the value in the first size bytes of f, which must
+// not change until the call returns. A value over BlobMin is hashed and copied
+// from the file without passing through memory.
+func (s *StoreTx) SetPathFile(path []string, f *os.File, size int64) *StoreTx {
+	if size <= BlobMin {
+		b := make([]byte, size)
+		if _, err := f.ReadAt(b, 0); err != nil && !(errors.Is(err, io.EOF) && size == 0) {
+			s.tx.fail(err)
+			return s
+		}
+		return s.SetPath(path, b)
+	}
+	if len(path) == 0 {
+		s.tx.fail(fmt.Errorf("%w: empty path", ErrInvalidName))
+		return s
+	}
+	for _, name := range path {
+		if err := CheckName(name); err != nil {
+			s.tx.fail(err)
+			return s
+		}
+	}
+	if size > int64(s.tx.db.in.maxValue) {
+		s.tx.fail(fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, size, s.tx.db.in.maxValue))
+		return s
+	}
+	h, err := s.tx.db.in.putFileBlob(f, size)
+	if err != nil {
+		s.tx.fail(err)
+		return s
+	}
+	s.ops = append(s.ops, Op{Path: slices.Clone(path), Kind: OpValue, Blob: h[:], Size: uint64(size)})
+	return s
 }
 
 // SetNode sets path to what n (read from this database) is: a value, or a link.

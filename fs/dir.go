@@ -600,9 +600,8 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 		if dstExists && dstNode.Kind == engine.OpValue {
 			f.dropOverlay(dstParent, newName)
 		}
-		data := fn.cur.data
 		wasLocal := fn.local
-		if node, same := f.storedEqual(dst, data); !srcStored && same {
+		if node, same := f.storedEqual(dst, fn.cur); !srcStored && same {
 			// sed -i that changed nothing: the key already holds these bytes, and
 			// the file is that version.
 			fn.local, fn.pending, fn.cur.dirty = false, false, false
@@ -617,7 +616,7 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 			if srcStored {
 				tx.Store(src.store).Delete(src.path)
 			}
-			tx.Store(dst.store).SetPath(dst.path, data)
+			fn.cur.setValue(tx.Store(dst.store), dst.path)
 		})
 		if errno == 0 {
 			fn.local = false

@@ -3,8 +3,6 @@ package fs
 import (
 	"bytes"
 	"context"
-	"io"
-	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -15,28 +13,6 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
-
-// content is a file's bytes while it is open (or local-only): all handles opened
-// at the same version share it, so a read sees another handle's unflushed writes,
-// as on a local disk. A remote change detaches a clean content from its node;
-// handles that hold it keep reading what they opened.
-type content struct {
-	data    []byte
-	loaded  bool      // data holds the value (it is read on first use, not at open)
-	version engine.ID // the entry that set the value loaded or to be loaded
-	store   string    // where version set it: the value is read from there
-	path    []string  // once the key has changed or gone
-	dirty   bool      // written since loaded or last committed
-	writers int       // open handles that may write: their closes commit
-	mtime   time.Time
-	refs    int
-	// blob is the hash of the version's blob when its value is kept as one; until
-	// the value is loaded, reads come from the blob's file (file, opened on first
-	// read, closed with the last handle), so reading part of a large file does
-	// not read all of it.
-	blob []byte
-	file *os.File
-}
 
 // fileNode is a key: a file whose bytes are the value.
 //
@@ -82,33 +58,15 @@ func (v version) content() *content {
 	return &content{version: v.entry, store: v.store, path: v.path, mtime: v.mtime, blob: v.blob}
 }
 
-// readBlobLocked reads c's value at off from its blob file, if it has one; false
-// when it cannot (then the value is loaded whole, which reports what is wrong).
-func (n *fileNode) readBlobLocked(c *content, dest []byte, off int64) (int, bool) {
-	if c.file == nil {
-		p := n.fsys.inst.BlobPath(c.blob)
-		if p == "" {
-			return 0, false
-		}
-		f, err := os.Open(p)
-		if err != nil {
-			return 0, false
-		}
-		c.file = f
-	}
-	k, err := c.file.ReadAt(dest, off)
-	if err != nil && err != io.EOF {
-		return 0, false
-	}
-	return k, true
-}
-
 // loadLocked reads c's value on first use: the version its descriptors opened,
 // also when the key changed or went away since (a peer wrote or deleted it, it was
 // unlinked or renamed here), so they read what they opened, as on a local disk.
 func (n *fileNode) loadLocked(c *content) syscall.Errno {
 	if c.loaded {
 		return 0
+	}
+	if done, errno := c.loadBlob(n.fsys); done {
+		return errno
 	}
 	if l, errno := n.fsys.locate(n.EmbeddedInode()); errno == 0 {
 		if node, err := l.db.Get(l.store, l.path); err == nil && node.Entry == c.version {
@@ -163,7 +121,7 @@ func (n *fileNode) inMemory() bool {
 }
 
 func (n *fileNode) attrFromContent(c *content, out *fuse.Attr) {
-	n.fsys.setAttr(out, modeFile, int64(len(c.data)), c.mtime.UnixMilli())
+	n.fsys.setAttr(out, modeFile, c.length(), c.mtime.UnixMilli())
 }
 
 // Getattr reports the inode's version (see fileNode), or while it is open the
@@ -292,7 +250,7 @@ func (n *fileNode) supersededLocked(l loc, node engine.Node) bool {
 		return true
 	}
 	stored, err := l.db.Get(l.store, l.path)
-	if err != nil || !bytes.Equal(stored.Value, c.data) {
+	if err != nil || !c.equal(stored.Value) {
 		return true
 	}
 	n.adoptLocked(n.cur, l, node)
@@ -338,7 +296,7 @@ func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 		if c != nil {
 			errno := n.loadLocked(c)
 			if errno == 0 {
-				resize(c, int(sz))
+				errno = c.truncate(n.fsys, int64(sz))
 				n.kernelVersion = engine.ID{}
 			}
 			// truncate(2) while only readers have the file open: nobody's close
@@ -363,37 +321,38 @@ func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 			if errno := n.fsys.writable(l); errno != 0 {
 				return errno
 			}
-			cur, err := l.db.Get(l.store, l.path)
+			st, err := l.db.Stat(l.store, l.path)
 			if err != nil {
 				return toErrno(err)
 			}
-			if int(sz) != len(cur.Value) {
-				c := &content{data: cur.Value, loaded: true}
-				resize(c, int(sz))
-				id, errno := n.fsys.commitEntry(l.db, engine.Journal, func(tx *engine.Tx) { tx.Store(l.store).SetPath(l.path, c.data) })
-				if errno != 0 {
+			if int64(sz) != st.Size {
+				if errno := n.truncateStored(l, st, int64(sz)); errno != 0 {
 					return errno
 				}
-				n.mu.Lock()
-				n.committedLocked(c, id, l)
-				n.mu.Unlock()
 			}
 		}
 	}
 	return n.Getattr(ctx, f, out)
 }
 
-func resize(c *content, sz int) {
-	if sz == len(c.data) {
-		return
+// truncateStored commits the stored version st at l cut or extended to sz.
+func (n *fileNode) truncateStored(l loc, st engine.Node, sz int64) syscall.Errno {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c := storedVersion(l, st).content()
+	defer c.close()
+	if errno := n.loadLocked(c); errno != 0 {
+		return errno
 	}
-	if sz < len(c.data) {
-		c.data = c.data[:sz:sz]
-	} else {
-		c.data = append(c.data, make([]byte, sz-len(c.data))...)
+	if errno := c.truncate(n.fsys, sz); errno != 0 {
+		return errno
 	}
-	c.dirty = true
-	c.mtime = nowMs()
+	id, errno := n.fsys.commitEntry(l.db, engine.Journal, func(tx *engine.Tx) { c.setValue(tx.Store(l.store), l.path) })
+	if errno != 0 {
+		return errno
+	}
+	n.committedLocked(c, id, l)
+	return 0
 }
 
 func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
@@ -439,8 +398,10 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	}
 	n.fsys.track(n, true)
 	if write && flags&syscall.O_TRUNC != 0 {
-		c.data, c.loaded = nil, true
-		resize(c, 0)
+		c.loaded = true
+		if errno := c.truncate(n.fsys, 0); errno != 0 {
+			return nil, 0, errno
+		}
 	}
 	var fuseFlags uint32
 	if !c.dirty && !n.local && !n.pending && !c.version.IsZero() {
@@ -459,17 +420,17 @@ func (n *fileNode) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if !h.c.loaded && len(h.c.blob) > 0 {
-		if k, ok := n.readBlobLocked(h.c, dest, off); ok {
+		if k, ok := h.c.readBlob(n.fsys, dest, off); ok {
 			return fuse.ReadResultData(dest[:k]), 0
 		}
 	}
 	if errno := n.loadLocked(h.c); errno != 0 {
 		return nil, errno
 	}
-	if off >= int64(len(h.c.data)) {
-		return fuse.ReadResultData(nil), 0
+	k, err := h.c.readAt(dest, off)
+	if err != nil {
+		return nil, toErrno(err)
 	}
-	k := copy(dest, h.c.data[off:])
 	return fuse.ReadResultData(dest[:k]), 0
 }
 
@@ -483,22 +444,15 @@ func (n *fileNode) Write(ctx context.Context, f gofs.FileHandle, data []byte, of
 	}
 	n.kernelVersion = engine.ID{}
 	if h.append {
-		off = int64(len(c.data))
+		off = c.length()
 	}
 	end := off + int64(len(data))
 	if end > int64(n.fsys.opts.MaxValue) {
 		return 0, syscall.EFBIG
 	}
-	if end > int64(len(c.data)) {
-		if end > int64(cap(c.data)) {
-			grown := make([]byte, end, max(end, 2*int64(cap(c.data))))
-			copy(grown, c.data)
-			c.data = grown
-		} else {
-			c.data = c.data[:end]
-		}
+	if errno := c.writeAt(n.fsys, data, off); errno != 0 {
+		return 0, errno
 	}
-	copy(c.data[off:], data)
 	c.dirty = true
 	c.mtime = nowMs()
 	h.wrote = true
@@ -545,13 +499,12 @@ func (n *fileNode) Release(ctx context.Context, f gofs.FileHandle) syscall.Errno
 	if h.write {
 		h.c.writers--
 	}
-	if h.c.refs <= 0 && h.c.file != nil {
-		h.c.file.Close()
-		h.c.file = nil
-	}
 	if h.c.refs <= 0 && h.c == n.cur && !h.c.dirty && !n.local && !n.pending {
 		n.cur = nil
 		n.fsys.track(n, false)
+	}
+	if h.c.refs <= 0 && h.c != n.cur {
+		h.c.close() // no handle has it, and no open will find it
 	}
 	return 0
 }
@@ -583,7 +536,7 @@ func (n *fileNode) commitContent(c *content, d engine.Durability) syscall.Errno 
 	} else if errno != 0 {
 		return errno
 	}
-	if node, same := n.fsys.storedEqual(l, c.data); same {
+	if node, same := n.fsys.storedEqual(l, c); same {
 		// The key holds these bytes already (the same write came from elsewhere,
 		// or the file was written back unchanged): no commit, and the inode
 		// stands for that version.
@@ -592,10 +545,9 @@ func (n *fileNode) commitContent(c *content, d engine.Durability) syscall.Errno 
 		return 0
 	}
 	n.fsys.unhide(l)
-	data, mtime := c.data, c.mtime
 	id, errno := n.fsys.commitEntry(l.db, d, func(tx *engine.Tx) {
-		tx.Store(l.store).SetPath(l.path, data)
-		tx.SetTime(mtime) // a file's mtime is when it was last written
+		c.setValue(tx.Store(l.store), l.path)
+		tx.SetTime(c.mtime) // a file's mtime is when it was last written
 	})
 	if errno != 0 {
 		return errno
@@ -615,8 +567,8 @@ func (n *fileNode) commitContent(c *content, d engine.Durability) syscall.Errno 
 func (n *fileNode) committedLocked(c *content, id engine.ID, l loc) {
 	c.dirty, n.pending = false, false
 	c.version, c.store, c.path, c.blob = id, l.store, l.path, nil
-	n.ver = version{entry: id, store: l.store, path: l.path, size: int64(len(c.data)), mtime: c.mtime}
-	if len(c.data) > engine.BlobMin {
+	n.ver = version{entry: id, store: l.store, path: l.path, size: c.length(), mtime: c.mtime}
+	if c.length() > engine.BlobMin {
 		if st, err := l.db.Stat(l.store, l.path); err == nil && st.Entry == id {
 			n.ver.blob, c.blob = st.Blob, st.Blob
 		}
@@ -727,19 +679,22 @@ func (f *FS) keyXattrs(in *gofs.Inode) map[string]string {
 	}
 }
 
-// storedEqual reports whether the key at l holds exactly data (so a commit would
-// change nothing), and if so the stored version. Sizes are compared first, from
-// the path record alone.
-func (f *FS) storedEqual(l loc, data []byte) (engine.Node, bool) {
+// storedEqual reports whether the key at l holds exactly c's bytes (so a commit
+// would change nothing), and if so the stored version. Sizes are compared first,
+// from the path record alone.
+func (f *FS) storedEqual(l loc, c *content) (engine.Node, bool) {
 	if f.isHidden(l) {
 		return engine.Node{}, false
 	}
 	st, err := l.db.Stat(l.store, l.path)
-	if err != nil || st.Kind != engine.OpValue || st.Size != int64(len(data)) {
+	if err != nil || st.Kind != engine.OpValue || st.Size != c.length() {
 		return engine.Node{}, false
 	}
+	if p := f.inst.BlobPath(st.Blob); p != "" {
+		return st, c.equalFile(p)
+	}
 	cur, err := l.db.Get(l.store, l.path)
-	return cur, err == nil && cur.Kind == engine.OpValue && bytes.Equal(cur.Value, data)
+	return cur, err == nil && cur.Kind == engine.OpValue && c.equal(cur.Value)
 }
 
 // nowMs is the time at the millisecond resolution entries keep, so a file's mtime

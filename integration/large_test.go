@@ -1,11 +1,15 @@
 package integration
 
 import (
+	"bytes"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/eidefs/eidefs/engine"
 )
 
 // blobFiles lists the blob files of a data directory (values over 64 KiB).
@@ -22,6 +26,22 @@ func expectBlobs(t *testing.T, data string, want int, what string) {
 	t.Helper()
 	if got := blobFiles(t, data); len(got) != want {
 		t.Errorf("%s: %d blob files, want %d: %v", what, len(got), want, got)
+	}
+	checkBlobs(t, data)
+}
+
+// checkBlobs checks that every blob file holds the bytes its name is the hash of:
+// nothing wrote to a blob after it was made.
+func checkBlobs(t *testing.T, data string) {
+	t.Helper()
+	for _, p := range blobFiles(t, data) {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum := engine.BlobSum(b); hex.EncodeToString(sum[:]) != filepath.Base(p) {
+			t.Errorf("blob file %s holds other bytes (%d) than its name says", p, len(b))
+		}
 	}
 }
 
@@ -92,4 +112,110 @@ func TestLargeFileSync(t *testing.T) {
 	waitFor(t, 10*time.Second, "B's overwrite on A", same(a, "big", "big2"))
 	expectBlobs(t, a.Data, 3, "A")
 	expectBlobs(t, b.Data, 3, "B")
+}
+
+// TestLargeFileHandles: what a file being written does, past the size where the
+// mount keeps it in a file instead of memory, compared step by step with the same
+// calls on a local file: two descriptors (one reads what the other wrote before
+// any close), a sparse write far past the end, fsync, O_APPEND, ftruncate down and
+// up, pwrite into the middle; after each close the key holds what a local file
+// would.
+func TestLargeFileHandles(t *testing.T) {
+	m := mount(t, mountOpts{})
+	dir := newStore(t, m, "notes", "files")
+	local := t.TempDir()
+	type pair struct{ m, l *os.File }
+	open := func(flag int) pair {
+		t.Helper()
+		fm, err := os.OpenFile(filepath.Join(dir, "f"), flag, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fl, err := os.OpenFile(filepath.Join(local, "f"), flag, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pair{fm, fl}
+	}
+	both := func(what string, p pair, fn func(f *os.File) (int, error)) {
+		t.Helper()
+		nm, errm := fn(p.m)
+		nl, errl := fn(p.l)
+		if nm != nl || (errm == nil) != (errl == nil) {
+			t.Fatalf("%s: mount %d, %v; local %d, %v", what, nm, errm, nl, errl)
+		}
+	}
+	same := func(what string) {
+		t.Helper()
+		want, err := os.ReadFile(filepath.Join(local, "f"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(dir, "f"))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s: the mount's file has %d bytes (%v), the local one %d; first difference at %d", what, len(got), err, len(want), firstDiff(got, want))
+		}
+	}
+	readSame := func(what string, p pair, off int64, n int) {
+		t.Helper()
+		a, b := make([]byte, n), make([]byte, n)
+		na, _ := p.m.ReadAt(a, off)
+		nb, _ := p.l.ReadAt(b, off)
+		if na != nb || !bytes.Equal(a[:na], b[:nb]) {
+			t.Fatalf("%s: read %d bytes at %d: mount %d, local %d, first difference at %d", what, n, off, na, nb, firstDiff(a[:na], b[:nb]))
+		}
+	}
+	chunk := func(n int, seed byte) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(i*31) ^ seed
+		}
+		return b
+	}
+
+	w := open(os.O_CREATE | os.O_RDWR | os.O_TRUNC)
+	both("write 300 KB", w, func(f *os.File) (int, error) { return f.WriteAt(chunk(300_000, 1), 0) })
+	r := open(os.O_RDONLY)
+	readSame("a second descriptor before any close", r, 100_000, 150_000)
+	both("sparse write at 3 MB", w, func(f *os.File) (int, error) { return f.WriteAt(chunk(5000, 2), 3_000_000) })
+	readSame("the hole", r, 290_000, 100_000)
+	readSame("past the hole", r, 2_999_000, 10_000)
+	both("fsync", w, func(f *os.File) (int, error) { return 0, f.Sync() })
+	same("after fsync")
+	both("pwrite into the middle", w, func(f *os.File) (int, error) { return f.WriteAt(chunk(70_000, 3), 1_000_000) })
+	readSame("the middle through the reader", r, 990_000, 90_000)
+	for _, p := range []pair{w, r} {
+		p.m.Close()
+		p.l.Close()
+	}
+	same("after close")
+
+	a := open(os.O_WRONLY | os.O_APPEND)
+	both("append", a, func(f *os.File) (int, error) { return f.Write(chunk(100_000, 4)) })
+	both("truncate to 70 KB", a, func(f *os.File) (int, error) { return 0, f.Truncate(70_000) })
+	both("append after the truncate", a, func(f *os.File) (int, error) { return f.Write(chunk(10, 5)) })
+	both("truncate up to 2 MB", a, func(f *os.File) (int, error) { return 0, f.Truncate(2 << 20) })
+	a.m.Close()
+	a.l.Close()
+	same("after O_APPEND and ftruncate")
+
+	// Down to a small file and back: the value leaves its blob.
+	if err := os.Truncate(filepath.Join(dir, "f"), 1000); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(filepath.Join(local, "f"), 1000)
+	same("after truncate(2) to 1000 bytes")
+	m = remount(t, m)
+	dir = m.Path("notes", "files")
+	same("after a remount")
+	checkBlobs(t, m.Data)
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
 }

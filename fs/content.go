@@ -1,0 +1,283 @@
+package fs
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/eidefs/eidefs/engine"
+)
+
+// content is a file's bytes while it is open (or local-only): all handles opened
+// at the same version share it, so a read sees another handle's unflushed writes,
+// as on a local disk. A remote change detaches a clean content from its node;
+// handles that hold it keep reading what they opened.
+//
+// The bytes are in memory up to spillMin; beyond that (a large file being
+// written) they move to a private, already unlinked file beside the blobs
+// (engine.Instance.SpillFile), so the mount holds no copy of large files and
+// their commit copies the file into its blob in the kernel. An instance that
+// keeps blobs in memory keeps contents in memory too.
+type content struct {
+	data    []byte   // the bytes, while spill is nil
+	spill   *os.File // or the file holding them
+	size    int64    // their length, while in spill
+	shared  bool     // spill may have become a blob file (setValue): copy before writing
+	loaded  bool     // the bytes hold the value (it is read on first use, not at open)
+	version engine.ID
+	store   string   // where version set it: the value is read from there
+	path    []string // once the key has changed or gone
+	dirty   bool     // written since loaded or last committed
+	writers int      // open handles that may write: their closes commit
+	mtime   time.Time
+	refs    int
+	// blob is the hash of the version's blob when its value is kept as one; until
+	// the value is loaded, reads come from the blob's file (file, opened on first
+	// read, closed with the last handle), so reading part of a large file does
+	// not read all of it.
+	blob []byte
+	file *os.File
+}
+
+// spillMin is the size beyond which content moves from memory to a spill file:
+// where values become blobs.
+const spillMin = engine.BlobMin
+
+func (c *content) length() int64 {
+	if c.spill != nil {
+		return c.size
+	}
+	return int64(len(c.data))
+}
+
+// close frees the content's files. The content is not used again.
+func (c *content) close() {
+	for _, f := range []*os.File{c.spill, c.file} {
+		if f != nil {
+			f.Close()
+		}
+	}
+	c.spill, c.file, c.data = nil, nil, nil
+}
+
+func (c *content) readAt(dest []byte, off int64) (int, error) {
+	if c.spill == nil {
+		if off >= int64(len(c.data)) {
+			return 0, nil
+		}
+		return copy(dest, c.data[off:]), nil
+	}
+	if off >= c.size {
+		return 0, nil
+	}
+	k, err := c.spill.ReadAt(dest[:min(int64(len(dest)), c.size-off)], off)
+	if err == io.EOF {
+		err = nil
+	}
+	return k, err
+}
+
+// spillFor moves the bytes to a spill file once they are to grow past spillMin.
+func (c *content) spillFor(fsys *FS, size int64) syscall.Errno {
+	if c.spill != nil || size <= spillMin {
+		return 0
+	}
+	f, err := fsys.inst.SpillFile()
+	if err != nil || f == nil {
+		return toErrno(err) // nil: blobs are in memory, and so are contents
+	}
+	if _, err := f.WriteAt(c.data, 0); err != nil {
+		f.Close()
+		return toErrno(err)
+	}
+	c.spill, c.size, c.data = f, int64(len(c.data)), nil
+	return 0
+}
+
+// unshare gives the content a spill file of its own again after a commit made
+// its spill file a blob, which must not change.
+func (c *content) unshare(fsys *FS) syscall.Errno {
+	if !c.shared {
+		return 0
+	}
+	f, err := fsys.inst.SpillFile()
+	if err == nil {
+		if _, err = c.spill.Seek(0, io.SeekStart); err == nil {
+			_, err = io.Copy(f, io.LimitReader(c.spill, c.size))
+		}
+		if err != nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		return toErrno(err)
+	}
+	c.spill.Close()
+	c.spill, c.shared = f, false
+	return 0
+}
+
+func (c *content) writeAt(fsys *FS, data []byte, off int64) syscall.Errno {
+	end := off + int64(len(data))
+	if errno := c.unshare(fsys); errno != 0 {
+		return errno
+	}
+	if errno := c.spillFor(fsys, end); errno != 0 {
+		return errno
+	}
+	if c.spill != nil {
+		if _, err := c.spill.WriteAt(data, off); err != nil {
+			return toErrno(err)
+		}
+		c.size = max(c.size, end)
+		return 0
+	}
+	if end > int64(len(c.data)) {
+		if end > int64(cap(c.data)) {
+			grown := make([]byte, end, max(end, 2*int64(cap(c.data))))
+			copy(grown, c.data)
+			c.data = grown
+		} else {
+			c.data = c.data[:end]
+		}
+	}
+	copy(c.data[off:], data)
+	return 0
+}
+
+// truncate cuts or extends (with zeros) the bytes to sz; a change marks the
+// content written.
+func (c *content) truncate(fsys *FS, sz int64) syscall.Errno {
+	if sz == c.length() {
+		return 0
+	}
+	if c.shared && sz == 0 {
+		c.spill.Close() // O_TRUNC of a file just committed: nothing to copy
+		c.spill, c.shared = nil, false
+	}
+	if errno := c.unshare(fsys); errno != 0 {
+		return errno
+	}
+	if errno := c.spillFor(fsys, sz); errno != 0 {
+		return errno
+	}
+	switch {
+	case c.spill != nil:
+		if err := c.spill.Truncate(sz); err != nil {
+			return toErrno(err)
+		}
+		c.size = sz
+	case sz < int64(len(c.data)):
+		c.data = c.data[:sz:sz]
+	default:
+		c.data = append(c.data, make([]byte, sz-int64(len(c.data)))...)
+	}
+	c.dirty = true
+	c.mtime = nowMs()
+	return 0
+}
+
+// loadBlob loads a blob version's bytes by copying its blob file into a spill
+// file (in the kernel, where the filesystem can). done is false when there is no
+// blob file or no spill file to use: the caller then reads the value whole.
+func (c *content) loadBlob(fsys *FS) (done bool, errno syscall.Errno) {
+	p := fsys.inst.BlobPath(c.blob)
+	if p == "" {
+		return false, 0
+	}
+	src, err := os.Open(p)
+	if err != nil {
+		return false, 0 // reading the value whole reports what is wrong
+	}
+	defer src.Close()
+	f, err := fsys.inst.SpillFile()
+	if err != nil || f == nil {
+		return false, 0
+	}
+	k, err := io.Copy(f, src)
+	if err != nil {
+		f.Close()
+		return true, toErrno(err)
+	}
+	c.spill, c.size, c.data, c.loaded = f, k, nil, true
+	return true, 0
+}
+
+// readBlob reads an unloaded blob version's bytes at off from its blob file;
+// false when it cannot (then the value is loaded, which reports what is wrong).
+func (c *content) readBlob(fsys *FS, dest []byte, off int64) (int, bool) {
+	if c.file == nil {
+		p := fsys.inst.BlobPath(c.blob)
+		if p == "" {
+			return 0, false
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return 0, false
+		}
+		c.file = f
+	}
+	k, err := c.file.ReadAt(dest, off)
+	if err != nil && err != io.EOF {
+		return 0, false
+	}
+	return k, true
+}
+
+// equal reports whether the bytes are b.
+func (c *content) equal(b []byte) bool {
+	if c.spill == nil {
+		return bytes.Equal(c.data, b)
+	}
+	return c.size == int64(len(b)) && c.compare(bytes.NewReader(b))
+}
+
+// equalFile reports whether the bytes are the content of the file at p.
+func (c *content) equalFile(p string) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || fi.Size() != c.length() {
+		return false
+	}
+	return c.compare(f)
+}
+
+// compare reports whether r yields exactly the bytes, reading both a piece at a
+// time.
+func (c *content) compare(r io.Reader) bool {
+	const piece = 256 << 10
+	a, b := make([]byte, piece), make([]byte, piece)
+	for off := int64(0); ; off += piece {
+		n, err := c.readAt(a, off)
+		if err != nil {
+			return false
+		}
+		m, err := io.ReadFull(r, b[:n])
+		if m != n || (err != nil && n > 0) {
+			return false
+		}
+		if !bytes.Equal(a[:n], b[:n]) {
+			return false
+		}
+		if n < piece {
+			// All bytes compared; r must be at its end too.
+			k, _ := r.Read(b[:1])
+			return k == 0
+		}
+	}
+}
+
+// setValue stages the bytes as the value at path.
+func (c *content) setValue(s *engine.StoreTx, path []string) {
+	if c.spill != nil {
+		s.SetPathFile(path, c.spill, c.size)
+		c.shared = true
+		return
+	}
+	s.SetPath(path, c.data)
+}
