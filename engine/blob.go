@@ -6,16 +6,16 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"sync"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+	"lukechampine.com/blake3"
 )
 
 // Large values live outside the kv store, as blobs: files named by their hash
@@ -33,57 +33,15 @@ var ErrMissingBlob = errors.New("blob missing")
 
 type blobHash = [sha256.Size]byte
 
-// BlobChunk is the size of the pieces a blob's hash is made of.
-const BlobChunk = 1 << 20
+// BlobSum is a blob's hash: BLAKE3 (256 bits) of its bytes, what b3sum prints.
+// BLAKE3 rather than SHA-256 because large files are hashed on every close:
+// with the vector units of today's CPUs it runs at several GB/s on one core
+// (7 GB/s here against 2 GB/s for SHA-256 with SHA-NI), and it can be computed
+// as the bytes are written (NewBlobHasher).
+func BlobSum(value []byte) [32]byte { return blake3.Sum256(value) }
 
-// BlobSum is a blob's hash: SHA-256 over "eidefs blob v1\0" and the SHA-256 of
-// each BlobChunk-byte piece of value in turn (the last one may be shorter). The
-// pieces are hashed on all cores, so a large file is hashed in a fraction of the
-// time one SHA-256 pass takes; the size, which fixes the number of pieces, is part
-// of every reference to a blob.
-func BlobSum(value []byte) [sha256.Size]byte {
-	n := (len(value) + BlobChunk - 1) / BlobChunk
-	sums := make([]byte, n*sha256.Size)
-	hashChunks(value, sums, nil)
-	return blobSumOf(sums)
-}
-
-func blobSumOf(sums []byte) blobHash {
-	h := sha256.New()
-	h.Write([]byte("eidefs blob v1\x00"))
-	h.Write(sums)
-	var out blobHash
-	h.Sum(out[:0])
-	return out
-}
-
-// hashChunks fills sums with the SHA-256 of each chunk of value whose known[i] is
-// false (all, when known is nil), on all cores.
-func hashChunks(value, sums []byte, known []bool) {
-	n := len(sums) / sha256.Size
-	var next atomic.Int64
-	work := func() {
-		for {
-			i := int(next.Add(1) - 1)
-			if i >= n {
-				return
-			}
-			if known != nil && known[i] {
-				continue
-			}
-			s := sha256.Sum256(value[i*BlobChunk : min(len(value), (i+1)*BlobChunk)])
-			copy(sums[i*sha256.Size:], s[:])
-		}
-	}
-	workers := min(runtime.GOMAXPROCS(0), n)
-	var wg sync.WaitGroup
-	for w := 1; w < workers; w++ {
-		wg.Add(1)
-		go func() { defer wg.Done(); work() }()
-	}
-	work()
-	wg.Wait()
-}
+// NewBlobHasher returns a hash.Hash whose Sum is BlobSum of what was written.
+func NewBlobHasher() hash.Hash { return blake3.New(32, nil) }
 
 // blobStore keeps blobs by hash. put must be idempotent; get returns the bytes of a
 // blob that was put with the same hash, checked against its size.
@@ -422,50 +380,30 @@ func (in *Instance) SpillFile() (*os.File, error) {
 	return f, nil
 }
 
-// fileSum is BlobSum of the first size bytes of f, read on all cores.
+// fileSum is BlobSum of the first size bytes of f.
 func fileSum(f *os.File, size int64) (blobHash, error) {
-	n := int((size + BlobChunk - 1) / BlobChunk)
-	sums := make([]byte, n*sha256.Size)
-	var next atomic.Int64
-	var ferr atomic.Value
-	work := func() {
-		buf := make([]byte, BlobChunk)
-		for {
-			i := int(next.Add(1) - 1)
-			if i >= n {
-				return
-			}
-			off := int64(i) * BlobChunk
-			b := buf[:min(BlobChunk, size-off)]
-			if _, err := f.ReadAt(b, off); err != nil {
-				ferr.CompareAndSwap(nil, err)
-				return
-			}
-			s := sha256.Sum256(b)
-			copy(sums[i*sha256.Size:], s[:])
-		}
-	}
-	workers := min(runtime.GOMAXPROCS(0), n)
-	var wg sync.WaitGroup
-	for w := 1; w < workers; w++ {
-		wg.Add(1)
-		go func() { defer wg.Done(); work() }()
-	}
-	work()
-	wg.Wait()
-	if err, _ := ferr.Load().(error); err != nil {
+	h := NewBlobHasher()
+	if _, err := io.CopyBuffer(h, io.NewSectionReader(f, 0, size), make([]byte, 1<<20)); err != nil {
 		return blobHash{}, err
 	}
-	return blobSumOf(sums), nil
+	var out blobHash
+	h.Sum(out[:0])
+	return out, nil
 }
 
 // putFileBlob stores the first size bytes of f as a blob and returns its hash.
-// When f is a SpillFile of exactly size bytes, it becomes the blob file itself
-// (linked into place, no copy), so it must not be written to afterwards.
-func (in *Instance) putFileBlob(f *os.File, size int64) (blobHash, error) {
-	h, err := fileSum(f, size)
-	if err != nil {
-		return h, err
+// sum, if known, is their BlobSum. When f is a SpillFile of exactly size bytes,
+// it becomes the blob file itself (linked into place, no copy), so it must not be
+// written to afterwards.
+func (in *Instance) putFileBlob(f *os.File, size int64, sum *blobHash) (blobHash, error) {
+	var h blobHash
+	if sum != nil {
+		h = *sum
+	} else {
+		var err error
+		if h, err = fileSum(f, size); err != nil {
+			return h, err
+		}
 	}
 	d, ok := in.blobs.(dirBlobs)
 	if !ok {

@@ -131,8 +131,19 @@ func (s *StoreTx) SetPath(path []string, value []byte) *StoreTx {
 
 // SetPathFile is SetPath with the value in the first size bytes of f, which must
 // not change until the call returns. A value over BlobMin is hashed and copied
-// from the file without passing through memory.
+// from the file without passing through memory; a file from SpillFile becomes
+// the blob itself and must not be written to afterwards.
 func (s *StoreTx) SetPathFile(path []string, f *os.File, size int64) *StoreTx {
+	return s.setPathFile(path, f, size, nil)
+}
+
+// SetPathFileHashed is SetPathFile for a caller that already has the bytes'
+// BlobSum (hashed as they were written); the engine does not hash them again.
+func (s *StoreTx) SetPathFileHashed(path []string, f *os.File, size int64, sum [32]byte) *StoreTx {
+	return s.setPathFile(path, f, size, &sum)
+}
+
+func (s *StoreTx) setPathFile(path []string, f *os.File, size int64, sum *blobHash) *StoreTx {
 	if size <= BlobMin {
 		b := make([]byte, size)
 		if _, err := f.ReadAt(b, 0); err != nil && !(errors.Is(err, io.EOF) && size == 0) {
@@ -155,7 +166,7 @@ func (s *StoreTx) SetPathFile(path []string, f *os.File, size int64) *StoreTx {
 		s.tx.fail(fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, size, s.tx.db.in.maxValue))
 		return s
 	}
-	h, err := s.tx.db.in.putFileBlob(f, size)
+	h, err := s.tx.db.in.putFileBlob(f, size, sum)
 	if err != nil {
 		s.tx.fail(err)
 		return s

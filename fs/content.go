@@ -2,6 +2,7 @@ package fs
 
 import (
 	"bytes"
+	"hash"
 	"io"
 	"os"
 	"syscall"
@@ -21,11 +22,15 @@ import (
 // their commit copies the file into its blob in the kernel. An instance that
 // keeps blobs in memory keeps contents in memory too.
 type content struct {
-	data    []byte   // the bytes, while spill is nil
-	spill   *os.File // or the file holding them
-	size    int64    // their length, while in spill
-	shared  bool     // spill may have become a blob file (setValue): copy before writing
-	loaded  bool     // the bytes hold the value (it is read on first use, not at open)
+	data   []byte   // the bytes, while spill is nil
+	spill  *os.File // or the file holding them
+	size   int64    // their length, while in spill
+	shared bool     // spill may have become a blob file (setValue): copy before writing
+	// sum is the blob hash of the spilled bytes, kept up to date while writes only
+	// append (cp, dd, a download): the commit then does not read them again. nil
+	// once a write lands elsewhere; the commit hashes the file.
+	sum     hash.Hash
+	loaded  bool // the bytes hold the value (it is read on first use, not at open)
 	version engine.ID
 	store   string   // where version set it: the value is read from there
 	path    []string // once the key has changed or gone
@@ -92,6 +97,8 @@ func (c *content) spillFor(fsys *FS, size int64) syscall.Errno {
 		f.Close()
 		return toErrno(err)
 	}
+	c.sum = engine.NewBlobHasher()
+	c.sum.Write(c.data)
 	c.spill, c.size, c.data = f, int64(len(c.data)), nil
 	return 0
 }
@@ -129,7 +136,13 @@ func (c *content) writeAt(fsys *FS, data []byte, off int64) syscall.Errno {
 	}
 	if c.spill != nil {
 		if _, err := c.spill.WriteAt(data, off); err != nil {
+			c.sum = nil // what reached the file is unknown
 			return toErrno(err)
+		}
+		if c.sum != nil && off == c.size {
+			c.sum.Write(data)
+		} else {
+			c.sum = nil
 		}
 		c.size = max(c.size, end)
 		return 0
@@ -174,6 +187,13 @@ func (c *content) truncate(fsys *FS, sz int64) syscall.Errno {
 	default:
 		c.data = append(c.data, make([]byte, sz-int64(len(c.data)))...)
 	}
+	if c.sum != nil {
+		if sz == 0 {
+			c.sum.Reset() // empty again: appends can be hashed from the start
+		} else {
+			c.sum = nil
+		}
+	}
 	c.dirty = true
 	c.mtime = nowMs()
 	return 0
@@ -201,7 +221,7 @@ func (c *content) loadBlob(fsys *FS) (done bool, errno syscall.Errno) {
 		f.Close()
 		return true, toErrno(err)
 	}
-	c.spill, c.size, c.data, c.loaded = f, k, nil, true
+	c.spill, c.size, c.data, c.loaded, c.sum = f, k, nil, true, nil
 	return true, 0
 }
 
@@ -275,7 +295,13 @@ func (c *content) compare(r io.Reader) bool {
 // setValue stages the bytes as the value at path.
 func (c *content) setValue(s *engine.StoreTx, path []string) {
 	if c.spill != nil {
-		s.SetPathFile(path, c.spill, c.size)
+		if c.sum != nil {
+			var sum [32]byte
+			c.sum.Sum(sum[:0])
+			s.SetPathFileHashed(path, c.spill, c.size, sum)
+		} else {
+			s.SetPathFile(path, c.spill, c.size)
+		}
 		c.shared = true
 		return
 	}
