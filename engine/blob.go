@@ -58,6 +58,17 @@ type blobStore interface {
 // sees a half-written one, and a crash leaves at most a stray temporary file.
 type dirBlobs struct{ dir string }
 
+// clearTmp removes what a crash left in the temporary directory: blobs not yet
+// renamed into place (their entries were never committed). The data directory
+// is locked by this process, so nothing else is writing there.
+func (b dirBlobs) clearTmp() {
+	tmp := filepath.Join(b.dir, "tmp")
+	ents, _ := os.ReadDir(tmp)
+	for _, e := range ents {
+		os.Remove(filepath.Join(tmp, e.Name()))
+	}
+}
+
 func (b dirBlobs) path(h blobHash) string {
 	x := hex.EncodeToString(h[:])
 	return filepath.Join(b.dir, x[:2], x)

@@ -66,9 +66,16 @@ func TestLargeValueIsABlob(t *testing.T) {
 	}
 	closeIn()
 
+	// A blob a crash left half-written is gone at the next open.
+	if err := os.WriteFile(filepath.Join(dir, "blobs", "tmp", "blob-123"), []byte("half"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	in, closeIn = diskInstanceAt(t, dir, id)
 	defer closeIn()
 	db, _ = in.Database("d")
+	if left, _ := os.ReadDir(filepath.Join(dir, "blobs", "tmp")); len(left) != 0 {
+		t.Fatalf("left in blobs/tmp after an open: %v", left)
+	}
 	if got := getString(t, db, "s", "big"); got != string(big) {
 		t.Fatalf("after reopen: %d bytes", len(got))
 	}

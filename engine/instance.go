@@ -195,7 +195,9 @@ func Open(store *kv.DB, o Options) (*Instance, error) {
 	}
 	in.blobs = &memBlobs{}
 	if o.BlobDir != "" {
-		in.blobs = dirBlobs{dir: o.BlobDir}
+		d := dirBlobs{dir: o.BlobDir}
+		d.clearTmp()
+		in.blobs = d
 	}
 	if in.maxValue == 0 {
 		in.maxValue = 64 << 20

@@ -392,17 +392,17 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		}
 	}
 	c := n.cur
-	c.refs++
-	if write {
-		c.writers++
-	}
-	n.fsys.track(n, true)
 	if write && flags&syscall.O_TRUNC != 0 {
 		c.loaded = true
 		if errno := c.truncate(n.fsys, 0); errno != 0 {
 			return nil, 0, errno
 		}
 	}
+	c.refs++
+	if write {
+		c.writers++
+	}
+	n.fsys.track(n, true)
 	var fuseFlags uint32
 	if !c.dirty && !n.local && !n.pending && !c.version.IsZero() {
 		if c.version == n.kernelVersion {
