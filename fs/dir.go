@@ -53,24 +53,31 @@ func (f *FS) newChild(ctx context.Context, parent *gofs.Inode, l loc, n engine.N
 	if len(l.path) > 0 {
 		name = l.path[len(l.path)-1]
 	}
+	var kind byte
 	switch n.Kind {
 	case engine.OpMap:
-		ops, st = &dirNode{fsys: f}, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: f.childIno(parent, name, 'd')}
+		ops, st, kind = &dirNode{fsys: f}, gofs.StableAttr{Mode: syscall.S_IFDIR}, 'd'
 		f.setAttr(&out.Attr, modeDir, 0, n.Time)
 	case engine.OpLink:
-		ops, st = &linkNode{fsys: f}, gofs.StableAttr{Mode: syscall.S_IFLNK, Ino: f.childIno(parent, name, 'l')}
+		ops, st, kind = &linkNode{fsys: f}, gofs.StableAttr{Mode: syscall.S_IFLNK}, 'l'
 		f.setAttr(&out.Attr, modeLink, n.Size, n.Time)
 	default:
-		ops, st = &fileNode{fsys: f}, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: f.childIno(parent, name, 'f')}
+		ops, st, kind = &fileNode{fsys: f}, gofs.StableAttr{Mode: syscall.S_IFREG}, 'f'
 		f.setAttr(&out.Attr, modeFile, n.Size, n.Time)
 	}
 	ch := parent.GetChild(name)
+	if ch != nil && ch.StableAttr().Mode != st.Mode {
+		// The name changed kind (a peer made a directory of a file, or the
+		// reverse): a new inode, as on a disk, never one it had before.
+		f.retire(parent, name)
+	}
+	st.Ino = f.childIno(parent, name, kind)
 	if ch != nil && ch.StableAttr().Mode == st.Mode {
 		if fn, ok := ch.Operations().(*fileNode); ok && fn.replacedBy(parent, name, l, n) {
 			// A version from elsewhere: the name becomes a new file (a new inode
 			// and number), as after `mv new name`; see fileNode. A racing lookup
 			// may have put it there already.
-			st.Ino = f.childIno(parent, name, 'f')
+			st.Ino = f.childIno(parent, name, kind)
 			if now := parent.GetChild(name); now == ch {
 				ch = nil
 			} else {
@@ -101,6 +108,8 @@ func (f *FS) newChild(ctx context.Context, parent *gofs.Inode, l loc, n engine.N
 }
 
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	start := d.fsys.lookupFrom()
+	defer d.fsys.recheckLookup(start, d.EmbeddedInode(), name)
 	if len(name) > engine.MaxNameLen {
 		return nil, syscall.ENAMETOOLONG
 	}
@@ -670,10 +679,16 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 		}
 		f.dropOverlay(dstParent, newName)
 		f.unhide(dst)
-		return f.commit(src.db, engine.Journal, func(tx *engine.Tx) {
+		errno := f.commit(src.db, engine.Journal, func(tx *engine.Tx) {
 			tx.Store(src.store).Delete(src.path)
 			tx.Store(dst.store).SetNode(dst.path, full) // a large value moves by reference, unread
 		})
+		if errno == 0 {
+			// The inode that moves with the name may stand for an older version
+			// than the one copied (see the directory case below).
+			f.renotify([]childRef{{dstParent, newName}})
+		}
+		return errno
 	}
 
 	// A directory (or a whole store): move it and everything below in one commit.
@@ -712,6 +727,15 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 	})
 	if copyErr != nil {
 		return toErrno(copyErr)
+	}
+	if errno == 0 {
+		// The copy is the store's state of the tree; a file the kernel knows
+		// below it may stand for an older version (a peer's change whose
+		// invalidation it had not acted on yet). The moved entries are dropped
+		// once the rename is done, so the next access compares (see fileNode).
+		if ch := srcParent.GetChild(srcName); ch != nil {
+			f.renotifyTree(ch)
+		}
 	}
 	return errno
 }

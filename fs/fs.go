@@ -16,6 +16,7 @@ import (
 	"hash/fnv"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -77,6 +78,9 @@ type FS struct {
 	server   *fuse.Server
 	sub      *engine.Subscription
 	done     chan struct{}
+	// remote counts the changes from elsewhere that invalidateLoop has begun to
+	// deliver to the kernel; see recheckLookup.
+	remote atomic.Uint64
 
 	hideMu sync.Mutex // serialises hidden deletes with unhide; taken before mu
 	mu     sync.Mutex // guards hidden, open, gens and opts.LocalOnly

@@ -1,6 +1,8 @@
 package fs
 
 import (
+	"time"
+
 	"github.com/eidefs/eidefs/engine"
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 )
@@ -13,6 +15,7 @@ func (f *FS) invalidateLoop() {
 		if ev.Local && ev.Origin == originFS {
 			continue
 		}
+		f.remote.Add(1)
 		db, ok := f.inst.DatabaseByID(ev.DB)
 		if !ok {
 			continue
@@ -42,7 +45,10 @@ func (f *FS) invalidateLoop() {
 func (f *FS) invalidate(dir *gofs.Inode, names []string) {
 	for i, name := range names {
 		child := dir.GetChild(name)
-		if child == nil || i == len(names)-1 {
+		// A change below a name the kernel knows as a file or link made it a
+		// directory (a write at a/b makes a a map): that entry goes too.
+		notDir := child != nil && !child.IsDir()
+		if child == nil || i == len(names)-1 || notDir {
 			dir.NotifyEntry(name)
 			if child != nil {
 				if _, file := child.Operations().(*fileNode); !file {
@@ -55,3 +61,65 @@ func (f *FS) invalidate(dir *gofs.Inode, names []string) {
 		dir = child
 	}
 }
+
+// A lookup that read the store before a change from elsewhere and answers after
+// its invalidation reached the kernel would leave the kernel holding the name's
+// old entry for a whole entry timeout: the kernel drops only entries it has, and
+// one still being looked up is not there yet. So a lookup that saw a remote
+// change begin while it ran drops its own answer again once it is delivered: the
+// next access looks the name up afresh. (Attributes need no such care: the
+// kernel discards attributes older than an invalidation of their inode.)
+func (f *FS) lookupFrom() uint64 { return f.remote.Load() }
+
+// recheckLookup drops the kernel's entry for name in parent shortly after the
+// lookup that answered it, if a remote change began since start (lookupFrom).
+// Twice: once right after the answer is delivered, once later, for an answer
+// delivered late on a loaded machine. It never blocks the handler calling it.
+func (f *FS) recheckLookup(start uint64, parent *gofs.Inode, name string) {
+	if f.remote.Load() == start {
+		return
+	}
+	f.renotify([]childRef{{parent, name}})
+}
+
+type childRef struct {
+	parent *gofs.Inode
+	name   string
+}
+
+// renotify drops the kernel's entries for refs after the handler running now
+// has answered (it may not notify the kernel itself: the kernel waits for it).
+func (f *FS) renotify(refs []childRef) {
+	for _, d := range recheckDelays {
+		time.AfterFunc(d, func() {
+			for _, r := range refs {
+				select {
+				case <-f.done:
+					return
+				default:
+					r.parent.NotifyEntry(r.name)
+				}
+			}
+		})
+	}
+}
+
+// renotifyTree renotifies every entry the kernel knows below dir.
+func (f *FS) renotifyTree(dir *gofs.Inode) {
+	var refs []childRef
+	var walk func(d *gofs.Inode, depth int)
+	walk = func(d *gofs.Inode, depth int) {
+		for name, ch := range d.Children() {
+			refs = append(refs, childRef{d, name})
+			if ch.IsDir() && depth < 64 {
+				walk(ch, depth+1)
+			}
+		}
+	}
+	walk(dir, 0)
+	if len(refs) > 0 {
+		f.renotify(refs)
+	}
+}
+
+var recheckDelays = []time.Duration{5 * time.Millisecond, 200 * time.Millisecond}

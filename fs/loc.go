@@ -28,13 +28,25 @@ func (l loc) key() string {
 // locate finds a node's location from its place in the inode tree, so renames
 // need no bookkeeping. It fails with ENOENT for a node that was unlinked, and for
 // nodes that are not inside a store.
+//
+// A node being renamed is between its old and its new place for a moment (its
+// parent is read, then the parent's child): that reads again, so a file written
+// while its directory is renamed is not taken for unlinked (its data would be
+// dropped at close).
 func (f *FS) locate(in *gofs.Inode) (loc, syscall.Errno) {
 	var names []string
 	root := f.root.EmbeddedInode()
 	for p := in; p != root; {
 		name, parent := p.Parent()
-		if parent == nil || parent.GetChild(name) != p {
-			return loc{}, syscall.ENOENT // unlinked, or replaced by another node
+		if parent == nil {
+			return loc{}, syscall.ENOENT // unlinked
+		}
+		for try := 0; parent.GetChild(name) != p; try++ {
+			again, againParent := p.Parent()
+			if try == 100 || againParent == nil || (again == name && againParent == parent) {
+				return loc{}, syscall.ENOENT // unlinked, or replaced by another node
+			}
+			name, parent = again, againParent // moved meanwhile: look there
 		}
 		names = append(names, name)
 		p = parent

@@ -114,6 +114,8 @@ func (d *dbNode) db() (*engine.Database, syscall.Errno) {
 }
 
 func (d *dbNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	start := d.fsys.lookupFrom()
+	defer d.fsys.recheckLookup(start, d.EmbeddedInode(), name)
 	db, errno := d.db()
 	if errno != 0 {
 		return nil, errno
