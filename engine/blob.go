@@ -2,7 +2,6 @@ package engine
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -31,7 +30,8 @@ const BlobMin = 64 << 10
 // not send it, or a power cut lost a value that was never fsynced).
 var ErrMissingBlob = errors.New("blob missing")
 
-type blobHash = [sha256.Size]byte
+// blobHash is a blob's BlobSum.
+type blobHash = [32]byte
 
 // BlobSum is a blob's hash: BLAKE3 (256 bits) of its bytes, what b3sum prints.
 // BLAKE3 rather than SHA-256 because large files are hashed on every close:
@@ -271,7 +271,7 @@ func (in *Instance) opValue(op *Op) ([]byte, error) {
 // when there is none (or blobs are kept in memory). The file is read-only and
 // never changes; a reader may read it instead of reading the value whole.
 func (in *Instance) BlobPath(h []byte) string {
-	if len(h) != sha256.Size {
+	if len(h) != len(blobHash{}) {
 		return ""
 	}
 	return in.blobs.path(blobHash(h))

@@ -252,7 +252,7 @@ func (e *Entry) checkShape() error {
 		for _, op := range s.Ops {
 			switch op.Kind {
 			case OpValue:
-				if (len(op.Blob) > 0 || op.Size > 0) && (len(op.Blob) != sha256.Size || op.Size <= BlobMin || len(op.Value) > 0) {
+				if (len(op.Blob) > 0 || op.Size > 0) && (len(op.Blob) != len(blobHash{}) || op.Size <= BlobMin || len(op.Value) > 0) {
 					return bad("a blob reference needs a 32-byte hash, a size over %d and no inline value", BlobMin)
 				}
 			case OpLink:

@@ -17,10 +17,11 @@ import (
 // handles that hold it keep reading what they opened.
 //
 // The bytes are in memory up to spillMin; beyond that (a large file being
-// written) they move to a private, already unlinked file beside the blobs
-// (engine.Instance.SpillFile), so the mount holds no copy of large files and
-// their commit copies the file into its blob in the kernel. An instance that
-// keeps blobs in memory keeps contents in memory too.
+// written) they move to a private, unnamed file beside the blobs
+// (engine.Instance.SpillFile), so the mount holds no copy of large files, and
+// their commit links that file into place as the value's blob (a write after
+// that copies it first: shared). An instance that keeps blobs in memory keeps
+// contents in memory too.
 type content struct {
 	data   []byte   // the bytes, while spill is nil
 	spill  *os.File // or the file holding them
@@ -30,12 +31,12 @@ type content struct {
 	// append (cp, dd, a download): the commit then does not read them again. nil
 	// once a write lands elsewhere; the commit hashes the file.
 	sum     hash.Hash
-	loaded  bool // the bytes hold the value (it is read on first use, not at open)
-	version engine.ID
-	store   string   // where version set it: the value is read from there
-	path    []string // once the key has changed or gone
-	dirty   bool     // written since loaded or last committed
-	writers int      // open handles that may write: their closes commit
+	loaded  bool      // the bytes hold the value (it is read on first use, not at open)
+	version engine.ID // the entry that set the value loaded or to be loaded
+	store   string    // where version set it: the value is read from there
+	path    []string  // once the key has changed or gone
+	dirty   bool      // written since loaded or last committed
+	writers int       // open handles that may write: their closes commit
 	mtime   time.Time
 	refs    int
 	// blob is the hash of the version's blob when its value is kept as one; until
