@@ -249,3 +249,37 @@ func TestSetNodeMovesBlob(t *testing.T) {
 		t.Fatalf("SetNode of an unknown blob: %v", err)
 	}
 }
+
+// A blob written by a journaled commit waits for the next sync; SyncJournal and a
+// Sync commit make every such blob durable before the journal (syncBlobs), and
+// leave none waiting.
+func TestSyncMakesBlobsDurable(t *testing.T) {
+	in, closeIn := diskInstanceAt(t, t.TempDir(), NewIdentity())
+	defer closeIn()
+	db, _ := in.CreateDatabase("d", "")
+	waiting := func() int {
+		in.blobMu.Lock()
+		defer in.blobMu.Unlock()
+		return len(in.unsynced)
+	}
+	tx := db.Begin()
+	tx.Store("s").Set("a", bigValue(100_000, 1)).Set("b", bigValue(200_000, 2))
+	mustCommit(t, tx)
+	if n := waiting(); n != 2 {
+		t.Fatalf("after a journaled commit: %d blobs wait for a sync, want 2", n)
+	}
+	if err := in.SyncJournal(); err != nil {
+		t.Fatal(err)
+	}
+	if n := waiting(); n != 0 {
+		t.Fatalf("after SyncJournal: %d blobs still wait", n)
+	}
+	tx = db.Begin()
+	tx.Store("s").Set("c", bigValue(300_000, 3))
+	if _, err := tx.Commit(Sync); err != nil {
+		t.Fatal(err)
+	}
+	if n := waiting(); n != 0 {
+		t.Fatalf("after a Sync commit: %d blobs still wait", n)
+	}
+}
