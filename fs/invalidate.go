@@ -89,6 +89,9 @@ type childRef struct {
 
 // renotify drops the kernel's entries for refs after the handler running now
 // has answered (it may not notify the kernel itself: the kernel waits for it).
+// A file that lives in memory (local-only, or not committed yet) is left alone:
+// its entry is right, and an inode the kernel forgets may take the only copy of
+// a scratch file with it; so is a directory with such a file below it.
 func (f *FS) renotify(refs []childRef) {
 	for _, d := range recheckDelays {
 		time.AfterFunc(d, func() {
@@ -97,21 +100,46 @@ func (f *FS) renotify(refs []childRef) {
 				case <-f.done:
 					return
 				default:
-					r.parent.NotifyEntry(r.name)
 				}
+				if ch := r.parent.GetChild(r.name); ch != nil && holdsMemory(ch, 0) {
+					continue
+				}
+				r.parent.NotifyEntry(r.name)
 			}
 		})
 	}
 }
 
-// renotifyTree renotifies every entry the kernel knows below dir.
+// holdsMemory reports whether in is, or is a directory with below it, a file that
+// lives in memory: dropping a directory's entry makes the kernel forget the
+// entries below it too.
+func holdsMemory(in *gofs.Inode, depth int) bool {
+	if fn, ok := in.Operations().(*fileNode); ok {
+		return fn.inMemory()
+	}
+	if !in.IsDir() || depth > 64 {
+		return false
+	}
+	for _, ch := range in.Children() {
+		if holdsMemory(ch, depth+1) {
+			return true
+		}
+	}
+	return false
+}
+
+// renotifyTree renotifies the entries of every file and link the kernel knows
+// below dir. Not those of directories: a directory's entry is never stale (it
+// has no version), and the kernel, dropping it, would forget the entries below it
+// too, among them those of local-only files that exist nowhere else.
 func (f *FS) renotifyTree(dir *gofs.Inode) {
 	var refs []childRef
 	var walk func(d *gofs.Inode, depth int)
 	walk = func(d *gofs.Inode, depth int) {
 		for name, ch := range d.Children() {
-			refs = append(refs, childRef{d, name})
-			if ch.IsDir() && depth < 64 {
+			if !ch.IsDir() {
+				refs = append(refs, childRef{d, name})
+			} else if depth < 64 {
 				walk(ch, depth+1)
 			}
 		}
