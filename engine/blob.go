@@ -311,15 +311,16 @@ var blobRefKey = []byte{0x04, 0x58, 0x20}
 func mayHaveBlobs(raw []byte) bool { return bytes.Contains(raw, blobRefKey) }
 
 // storeBlobs keeps the blobs received with entries: each must be the blob that an
-// op of one of the (verified) entries refers to; others are ignored, so a peer
-// cannot store bytes nothing refers to.
+// op of one of the (verified) entries refers to, by an author who may write the
+// database as it stands here; others are ignored, so a peer cannot store bytes
+// nothing refers to, nor fill the disk with entries that will be refused.
 func (in *Instance) storeBlobs(ds []decoded, blobs [][]byte) error {
 	if len(blobs) == 0 {
 		return nil
 	}
 	want := map[blobHash]int64{}
 	for _, d := range ds {
-		if d.e == nil {
+		if d.e == nil || !in.mayWrite(d.e) {
 			continue
 		}
 		for _, sn := range d.e.Stores {
@@ -340,6 +341,21 @@ func (in *Instance) storeBlobs(ds []decoded, blobs [][]byte) error {
 		}
 	}
 	return nil
+}
+
+// mayWrite reports whether e's author may write e's database as this node has it
+// (a new database's root entry: yes). Authorization proper happens when e is
+// applied; this only keeps a reader's refused entries from leaving blobs behind.
+func (in *Instance) mayWrite(e *Entry) bool {
+	if e.IsRoot() {
+		return true
+	}
+	db, ok := in.DatabaseByID(e.Root)
+	if !ok {
+		return true // its root comes in this batch, or it waits for it
+	}
+	s, err := db.Settings()
+	return err == nil && s.Permission(e.Author) >= PermWrite
 }
 
 // missingBlob returns an error naming the first blob e refers to that is not here.

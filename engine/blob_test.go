@@ -283,3 +283,23 @@ func TestSyncMakesBlobsDurable(t *testing.T) {
 		t.Fatalf("after a Sync commit: %d blobs still wait", n)
 	}
 }
+
+// A key that may not write the database cannot leave blobs behind: its entry is
+// refused and the bytes sent with it are not kept.
+func TestUnauthorizedBlobNotKept(t *testing.T) {
+	a := newInstance(t, nil)
+	da, _ := a.CreateDatabase("d", "")
+	mallory := NewIdentity()
+	big := bigValue(BlobMin+1000, 7)
+	h := BlobSum(big)
+	e := &Entry{Root: da.ID(), Parents: da.Tips(), Height: da.Info().Height + 1, Time: 1,
+		Stores: []StoreNode{{Name: "s", Ops: []Op{{Path: []string{"k"}, Kind: OpValue, Blob: h[:], Size: uint64(len(big))}}}}}
+	raw, _ := e.sign(mallory)
+	res, err := a.ApplyVerified("peer", Verify(raw).WithBlobs([][]byte{big}))
+	if err != nil || len(res.Rejected) != 1 || len(res.Applied) != 0 {
+		t.Fatalf("an unauthorized entry with a blob: %+v, %v", res, err)
+	}
+	if a.blobs.has(h, int64(len(big))) {
+		t.Fatal("the unauthorized entry's blob was kept")
+	}
+}

@@ -50,7 +50,8 @@ type Op struct {
 	Kind  OpKind   `cbor:"2,keyasint"`
 	Value []byte   `cbor:"3,keyasint,omitempty"`
 	// Blob and Size replace Value for a value of more than BlobMin bytes: the
-	// SHA-256 of the bytes, kept outside the entry (blob.go), and their length.
+	// BlobSum (BLAKE3) of the bytes, kept outside the entry (blob.go), and their
+	// length.
 	Blob []byte `cbor:"4,keyasint,omitempty"`
 	Size uint64 `cbor:"5,keyasint,omitempty"`
 }

@@ -228,7 +228,7 @@ type Node struct {
 	Entry  ID     // that entry
 	Height uint64
 	Author PublicKey
-	// Blob is the SHA-256 of the value's bytes when they are kept as a blob
+	// Blob is the BlobSum of the value's bytes when they are kept as a blob
 	// (Instance.BlobPath); Value is then read from it.
 	Blob []byte
 }
