@@ -303,3 +303,26 @@ func TestUnauthorizedBlobNotKept(t *testing.T) {
 		t.Fatal("the unauthorized entry's blob was kept")
 	}
 }
+
+// A writer granted in the same batch as its first large value: the blob is kept
+// and the entry applies, as a joining node receives them.
+func TestBlobOfWriterGrantedInTheSameBatch(t *testing.T) {
+	a, b := newInstance(t, nil), newInstance(t, nil)
+	da, _ := a.CreateDatabase("d", "")
+	syncAll(t, a, b)
+	w := newInstance(t, nil)
+	if _, err := da.Grant(w.Identity().Public().String(), "w", PermWrite); err != nil {
+		t.Fatal(err)
+	}
+	syncAll(t, a, w)
+	dw, _ := w.DatabaseByID(da.ID())
+	big := bigValue(BlobMin+5000, 8)
+	tx := dw.Begin()
+	tx.Store("s").Set("k", big)
+	mustCommit(t, tx)
+	syncAll(t, w, b) // the grant and the writer's entry, one batch
+	db, _ := b.DatabaseByID(da.ID())
+	if got := getString(t, db, "s", "k"); got != string(big) {
+		t.Fatalf("b reads %d bytes", len(got))
+	}
+}
