@@ -152,15 +152,8 @@ func (s *StoreTx) setPathFile(path []string, f *os.File, size int64, sum *blobHa
 		}
 		return s.SetPath(path, b)
 	}
-	if len(path) == 0 {
-		s.tx.fail(fmt.Errorf("%w: empty path", ErrInvalidName))
+	if !s.keyPath(path) {
 		return s
-	}
-	for _, name := range path {
-		if err := CheckName(name); err != nil {
-			s.tx.fail(err)
-			return s
-		}
 	}
 	if size > int64(s.tx.db.in.maxValue) {
 		s.tx.fail(fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, size, s.tx.db.in.maxValue))
@@ -173,6 +166,22 @@ func (s *StoreTx) setPathFile(path []string, f *os.File, size int64, sum *blobHa
 	}
 	s.ops = append(s.ops, Op{Path: slices.Clone(path), Kind: OpValue, Blob: h[:], Size: uint64(size)})
 	return s
+}
+
+// keyPath checks that path can name a key (not empty, valid names); if not, the
+// transaction fails.
+func (s *StoreTx) keyPath(path []string) bool {
+	if len(path) == 0 {
+		s.tx.fail(fmt.Errorf("%w: empty path", ErrInvalidName))
+		return false
+	}
+	for _, name := range path {
+		if err := CheckName(name); err != nil {
+			s.tx.fail(err)
+			return false
+		}
+	}
+	return true
 }
 
 // SetNode sets path to what n (read from this database) is: a value, or a link.
@@ -188,15 +197,8 @@ func (s *StoreTx) SetNode(path []string, n Node) *StoreTx {
 	case len(n.Blob) == 0:
 		return s.SetPath(path, n.Value)
 	}
-	if len(path) == 0 {
-		s.tx.fail(fmt.Errorf("%w: empty path", ErrInvalidName))
+	if !s.keyPath(path) {
 		return s
-	}
-	for _, name := range path {
-		if err := CheckName(name); err != nil {
-			s.tx.fail(err)
-			return s
-		}
 	}
 	op := Op{Path: slices.Clone(path), Kind: OpValue, Blob: slices.Clone(n.Blob), Size: uint64(n.Size)}
 	if err := s.tx.db.in.missingBlob(&Entry{Stores: []StoreNode{{Name: s.name, Ops: []Op{op}}}}); err != nil {
