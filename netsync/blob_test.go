@@ -3,6 +3,8 @@ package netsync
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/eidefs/eidefs/engine"
@@ -71,5 +73,52 @@ func TestBlobsTravelWithEntries(t *testing.T) {
 	eventually(t, "a's 20 MiB value on c", func() bool { return hasBytes(c.inst, da.ID(), "huge", huge) })
 	if r := a.inst.Stats().Rejected + b.inst.Stats().Rejected + c.inst.Stats().Rejected; r != 0 {
 		t.Fatalf("%d entries rejected", r)
+	}
+}
+
+// A blob the sender lost (a power cut before it was synced) costs only its entry
+// and what descends from it: the peer refuses that entry with ErrMissingBlob (not
+// as forged: the connection stays), receives everything before it, and says the
+// sync is incomplete; the sender's other databases still sync.
+func TestLostBlobDoesNotStopSync(t *testing.T) {
+	blobs := t.TempDir()
+	a, b := startNodeWith(t, "a", engine.Options{BlobDir: blobs}), startNode(t, "b")
+	da, _ := a.inst.CreateDatabase("notes", "")
+	write(t, da, "before", "here")
+	lost := bigBytes(engine.BlobMin+10, 1)
+	tx := da.Begin()
+	tx.Store("s").Set("lost", lost)
+	if _, err := tx.Commit(engine.Journal); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(blobs, "??", "*"))
+	if len(files) != 1 {
+		t.Fatalf("blob files: %v", files)
+	}
+	os.Chmod(files[0], 0o600)
+	if err := os.Truncate(files[0], 3); err != nil { // damaged, as a power cut leaves it
+		t.Fatal(err)
+	}
+	tk, err := a.node.Share(da, engine.PermWrite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err = b.node.Join(context.Background(), tk, nil); err == nil {
+		t.Fatal("join reported no error for an entry that could not be applied")
+	}
+	if !has(b.inst, da.ID(), "before", "here") {
+		t.Fatalf("b lacks the entries before the lost blob (join: %v)", err)
+	}
+	if hasBytes(b.inst, da.ID(), "lost", lost) {
+		t.Fatal("b has the lost value")
+	}
+	other, _ := a.inst.CreateDatabase("other", "")
+	write(t, other, "k", "v")
+	tk2, err := a.node.Share(other, engine.PermWrite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.node.Join(context.Background(), tk2, nil); err != nil || !has(b.inst, other.ID(), "k", "v") {
+		t.Fatalf("another database of the same peer: %v", err)
 	}
 }

@@ -331,7 +331,7 @@ func (p *proto) send(s Stream, db *engine.Database, vv engine.VersionVector, res
 		cur, size = batch{}, 0
 	}
 	err := db.EntriesAfter(vv, func(_ engine.ID, raw []byte) bool {
-		blobs, err := p.inst.Blobs(raw)
+		blobs, err := p.blobsOf(raw)
 		if err != nil {
 			werr = err
 			return false
@@ -360,6 +360,18 @@ func (p *proto) send(s Stream, db *engine.Database, vv engine.VersionVector, res
 	return werr
 }
 
+// blobsOf returns the blobs to send with the entry raw. A blob this node lost or
+// has damaged (a power cut before it was synced) is not sent: the peer refuses
+// that entry with ErrMissingBlob (and cannot apply what descends from it), and
+// the rest of the sync goes on, instead of every sync with that peer failing.
+func (p *proto) blobsOf(raw []byte) ([][]byte, error) {
+	blobs, err := p.inst.Blobs(raw)
+	if errors.Is(err, engine.ErrMissingBlob) || errors.Is(err, engine.ErrCorrupt) {
+		return nil, nil
+	}
+	return blobs, err
+}
+
 // push sends the given entries of db.
 func (p *proto) push(s Stream, db engine.ID, raws [][]byte) (ack, error) {
 	if _, err := p.call(s, &request{Op: "push", DB: db}); err != nil {
@@ -368,7 +380,7 @@ func (p *proto) push(s Stream, db engine.ID, raws [][]byte) (ack, error) {
 	var cur batch
 	size := 0
 	for i, raw := range raws {
-		blobs, err := p.inst.Blobs(raw)
+		blobs, err := p.blobsOf(raw)
 		if err != nil {
 			return ack{}, err
 		}
@@ -661,7 +673,7 @@ func (p *proto) serveGet(s Stream, peer engine.PublicKey, req *request) error {
 		if e, _, err := engine.DecodeEntry(raw); err != nil || e.DatabaseID(id) != db.ID() {
 			continue
 		}
-		blobs, err := p.inst.Blobs(raw)
+		blobs, err := p.blobsOf(raw)
 		if err != nil {
 			continue
 		}
