@@ -213,6 +213,18 @@ func (op *Op) blobRef() (blobHash, bool) {
 	return h, true
 }
 
+// blobRefs calls fn for each blob e's ops refer to, in op order, until fn
+// returns false.
+func (e *Entry) blobRefs(fn func(h blobHash, size int64) bool) {
+	for _, sn := range e.Stores {
+		for i := range sn.Ops {
+			if h, ok := sn.Ops[i].blobRef(); ok && !fn(h, int64(sn.Ops[i].Size)) {
+				return
+			}
+		}
+	}
+}
+
 // putBlob stores value as a blob and returns its hash.
 func (in *Instance) putBlob(value []byte) (blobHash, error) {
 	h := BlobSum(value)
@@ -289,18 +301,14 @@ func (in *Instance) Blobs(raw []byte) ([][]byte, error) {
 		return nil, err
 	}
 	var out [][]byte
-	for _, sn := range e.Stores {
-		for i := range sn.Ops {
-			if h, ok := sn.Ops[i].blobRef(); ok {
-				b, err := in.blobs.get(h, int64(sn.Ops[i].Size))
-				if err != nil {
-					return nil, err
-				}
-				out = append(out, b)
-			}
+	e.blobRefs(func(h blobHash, size int64) bool {
+		var b []byte
+		if b, err = in.blobs.get(h, size); err == nil {
+			out = append(out, b)
 		}
-	}
-	return out, nil
+		return err == nil
+	})
+	return out, err
 }
 
 // blobRefKey is how an op's blob hash starts in an entry's encoding: key 4, then a
@@ -331,13 +339,10 @@ func (in *Instance) storeBlobs(ds []decoded, blobs [][]byte) error {
 		if d.e == nil || (!newSettings && !in.mayWrite(d.e)) {
 			continue
 		}
-		for _, sn := range d.e.Stores {
-			for i := range sn.Ops {
-				if h, ok := sn.Ops[i].blobRef(); ok {
-					want[h] = int64(sn.Ops[i].Size)
-				}
-			}
-		}
+		d.e.blobRefs(func(h blobHash, size int64) bool {
+			want[h] = size
+			return true
+		})
 	}
 	for _, b := range blobs {
 		h := BlobSum(b)
@@ -368,14 +373,14 @@ func (in *Instance) mayWrite(e *Entry) bool {
 
 // missingBlob returns an error naming the first blob e refers to that is not here.
 func (in *Instance) missingBlob(e *Entry) error {
-	for _, sn := range e.Stores {
-		for i := range sn.Ops {
-			if h, ok := sn.Ops[i].blobRef(); ok && !in.blobs.has(h, int64(sn.Ops[i].Size)) {
-				return fmt.Errorf("%w: %x (%d bytes) for %s", ErrMissingBlob, h[:8], sn.Ops[i].Size, sn.Name)
-			}
+	var err error
+	e.blobRefs(func(h blobHash, size int64) bool {
+		if !in.blobs.has(h, size) {
+			err = fmt.Errorf("%w: %x (%d bytes)", ErrMissingBlob, h[:8], size)
 		}
-	}
-	return nil
+		return err == nil
+	})
+	return err
 }
 
 // withBlob reads the value of a node read with its value, if it is in a blob.

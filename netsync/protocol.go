@@ -336,10 +336,7 @@ func (p *proto) send(s Stream, db *engine.Database, vv engine.VersionVector, res
 			werr = err
 			return false
 		}
-		n := len(raw)
-		for _, b := range blobs {
-			n += len(b)
-		}
+		n := withBlobsSize(raw, blobs)
 		if len(cur.Entries) > 0 && size+n > maxFrame-batchBytes {
 			flush(false) // a large blob goes in a batch of its own
 		}
@@ -372,6 +369,15 @@ func (p *proto) blobsOf(raw []byte) ([][]byte, error) {
 	return blobs, err
 }
 
+// withBlobsSize is what an entry and its blobs add to a batch.
+func withBlobsSize(raw []byte, blobs [][]byte) int {
+	n := len(raw)
+	for _, b := range blobs {
+		n += len(b)
+	}
+	return n
+}
+
 // push sends the given entries of db.
 func (p *proto) push(s Stream, db engine.ID, raws [][]byte) (ack, error) {
 	if _, err := p.call(s, &request{Op: "push", DB: db}); err != nil {
@@ -386,10 +392,7 @@ func (p *proto) push(s Stream, db engine.ID, raws [][]byte) (ack, error) {
 		}
 		cur.Entries = append(cur.Entries, raw)
 		cur.Blobs = append(cur.Blobs, blobs...)
-		size += len(raw)
-		for _, b := range blobs {
-			size += len(b)
-		}
+		size += withBlobsSize(raw, blobs)
 		if len(cur.Entries) >= batchEntries || size >= batchBytes || i == len(raws)-1 {
 			if err := writeFrame(s, &cur); err != nil {
 				return ack{}, err
@@ -679,10 +682,7 @@ func (p *proto) serveGet(s Stream, peer engine.PublicKey, req *request) error {
 		}
 		b.Entries = append(b.Entries, raw)
 		b.Blobs = append(b.Blobs, blobs...)
-		size += len(raw)
-		for _, bl := range blobs {
-			size += len(bl)
-		}
+		size += withBlobsSize(raw, blobs)
 	}
 	b.Done = true
 	return writeFrame(s, &b)
