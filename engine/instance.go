@@ -443,7 +443,7 @@ func (in *Instance) do(r *request) result {
 // with copy-on-write database states published only once the write succeeded.
 type group struct {
 	in      *Instance
-	s       *kv.Staging
+	s       *stage
 	dbs     map[ID]*dbState // working copies
 	names   map[string]ID   // names added
 	dirty   map[ID]map[string]bool
@@ -454,7 +454,7 @@ type group struct {
 }
 
 func (in *Instance) process(batch []*request) {
-	g := &group{in: in, s: kv.NewStaging(in.kv), dbs: map[ID]*dbState{}, names: map[string]ID{}, dirty: map[ID]map[string]bool{}, metas: map[ID]*entryMeta{}}
+	g := &group{in: in, s: newStage(in.kv), dbs: map[ID]*dbState{}, names: map[string]ID{}, dirty: map[ID]map[string]bool{}, metas: map[ID]*entryMeta{}}
 	res := make([]result, len(batch))
 	sync := false
 	for i, r := range batch {

@@ -91,14 +91,6 @@ func getRec[T any](r kv.Reader, k []byte) (*T, error) {
 	return &v, nil
 }
 
-func getPathRec(r kv.Reader, k []byte) (*pathRec, error) {
-	rec, err := getRec[pathRec](r, k)
-	if errors.Is(err, kv.ErrNotFound) {
-		return nil, nil
-	}
-	return rec, err
-}
-
 // applyOp folds one op, with order o, into the state of store in db.
 func applyOp(w stagingRW, db ID, store string, op Op, o order, a *applied) error {
 	// A change at a/b/c also makes a and a/b maps (and the store itself).
@@ -113,7 +105,7 @@ func applyOp(w stagingRW, db ID, store string, op Op, o order, a *applied) error
 		}
 		if rec.L.less(o) {
 			setLatest(rec, OpMap, nil, o, a)
-			w.Put(k, marshal(rec))
+			putPathRec(w, k, rec)
 		}
 	}
 	k := pathKey(pPath, db, store, op.Path)
@@ -148,7 +140,7 @@ func applyOp(w stagingRW, db ID, store string, op Op, o order, a *applied) error
 	} else if err := applyLateOp(w, db, store, op, o, hk, a); err != nil {
 		return err
 	}
-	w.Put(k, marshal(rec))
+	putPathRec(w, k, rec)
 	return nil
 }
 

