@@ -84,6 +84,10 @@ type Instance struct {
 
 	statsMu sync.Mutex // guards stats
 	stats   Stats
+
+	laterMu  sync.Mutex // guards later and laterSeq
+	later    map[ID][]laterDelete
+	laterSeq uint64
 }
 
 // Stats are counters since the instance opened.
@@ -189,6 +193,7 @@ func Open(store *kv.DB, o Options) (*Instance, error) {
 		kv: store, id: o.Identity, now: o.Now, maxValue: o.MaxValue, maxPending: o.MaxPending, maxBytes: o.MaxPendingBytes,
 		dbs: map[ID]*dbState{}, names: map[string]ID{},
 		pending: map[ID]*pendingEntry{}, waiting: map[ID][]ID{}, pendingBy: map[string]pendingUse{},
+		later: map[ID][]laterDelete{},
 	}
 	if in.now == nil {
 		in.now = time.Now
@@ -210,6 +215,13 @@ func Open(store *kv.DB, o Options) (*Instance, error) {
 	}
 	in.idle = sync.NewCond(&in.qmu)
 	if err := in.load(); err != nil {
+		return nil, err
+	}
+	if err := in.loadLater(); err != nil {
+		return nil, err
+	}
+	// Deletes a killed process left pending are committed now.
+	if err := in.FlushDeletes(Journal); err != nil {
 		return nil, err
 	}
 	return in, nil
@@ -289,6 +301,7 @@ func loadSettingsEntry(r kv.Reader, id ID) (*settingsEntry, error) {
 // Close refuses new requests and waits for queued ones to finish; it does not
 // close the kv store.
 func (in *Instance) Close() error {
+	in.FlushDeletes(Journal) // if it fails, they are committed at the next Open
 	in.qmu.Lock()
 	in.closed = true
 	for in.leading {
@@ -333,6 +346,7 @@ type request struct {
 	missing bool
 	// drop names the origin whose pending entries to discard.
 	drop    *string
+	flush   *ID  // the database whose deferred deletes to commit
 	barrier bool // nothing to write: only sync (SyncJournal)
 	origin  string
 	sync    bool
@@ -451,6 +465,8 @@ type group struct {
 	events  []Event
 	commits uint64
 	applied uint64
+	// Deferred deletes taken from Instance.later, and those to keep pending.
+	laterTaken, laterKept []laterTaken
 }
 
 func (in *Instance) process(batch []*request) {
@@ -467,6 +483,8 @@ func (in *Instance) process(batch []*request) {
 			res[i].apply.Applied = g.missing()
 		case r.drop != nil:
 			res[i].apply.Pending = g.in.dropPending(*r.drop)
+		case r.flush != nil:
+			g.flushDeletes(*r.flush)
 		case r.barrier:
 		default:
 			res[i].apply = g.applyAll(r.apply, r.origin)
@@ -475,6 +493,7 @@ func (in *Instance) process(batch []*request) {
 	}
 	err := g.flush(sync)
 	in.maps.invalidate() // also on failure: what reached the store is unknown
+	in.unflush(g, err != nil)
 	if err == nil {
 		in.remember(g.metas)
 		in.mu.Lock()
@@ -576,6 +595,7 @@ func (g *group) create(c *createReq) (ID, error) {
 }
 
 func (g *group) commit(c *commitReq) (ID, error) {
+	g.flushDeletes(c.db) // they were made before this commit
 	st := g.db(c.db)
 	if st == nil {
 		return ID{}, ErrUnknownDatabase

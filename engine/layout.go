@@ -19,6 +19,7 @@ import (
 //	p <db> <store> <depth> <path>            path state (pathRec, CBOR): latest op and override
 //	h <db> <store> <depth> <path> <order>    every explicit op on a path (histRec)
 //	c <db> <store> <depth> <path> <order>    a conflict loser, keyed by its own order (conflictRec)
+//	z <db> <seq>                             a deferred delete not committed yet (laterRec; later.go)
 //
 // The prefix 'S' is netsync's (sync state); the engine never writes under it.
 //
@@ -36,6 +37,7 @@ const (
 	pPath     = 'p'
 	pHist     = 'h'
 	pConflict = 'c'
+	pLater    = 'z'
 )
 
 func key(prefix byte, parts ...[]byte) []byte {

@@ -404,7 +404,7 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 		return errno
 	}
 	d.fsys.keepOpen(d.EmbeddedInode(), name)
-	errno = d.fsys.commit(l.db, engine.Journal, func(tx *engine.Tx) { tx.Store(cl.store).Delete(cl.path) })
+	errno = d.fsys.unlink(cl, n.Entry)
 	if errno == 0 {
 		d.fsys.retire(d.EmbeddedInode(), name)
 	}
@@ -825,9 +825,10 @@ func (d *dirNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
 func (d *dirNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) { return 0, 0 }
 
 // Fsync on a directory makes its changes durable: each was committed (to the
-// journal) when it returned, so this syncs the journal.
+// journal) when it returned, or, an unlink, recorded for a deferred delete; this
+// commits the deferred deletes and syncs the journal.
 func (d *dirNode) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) syscall.Errno {
-	return toErrno(d.fsys.inst.SyncJournal())
+	return toErrno(d.fsys.inst.FlushDeletes(engine.Sync))
 }
 
 // flushTree commits the buffered content of every file below in.

@@ -83,10 +83,13 @@ type FS struct {
 	remote atomic.Uint64
 
 	hideMu sync.Mutex // serialises hidden deletes with unhide; taken before mu
-	mu     sync.Mutex // guards hidden, open, gens and opts.LocalOnly
+	mu     sync.Mutex // guards hidden, unlink*, open, gens and opts.LocalOnly
 	hidden map[string]*hiddenKey
-	open   map[*fileNode]bool // nodes with content in memory
-	gens   map[genKey]uint32  // see childIno
+	// unlinkGen counts unlinks; unlinkTimer, if set, will flush them.
+	unlinkGen   uint64
+	unlinkTimer *time.Timer
+	open        map[*fileNode]bool // nodes with content in memory
+	gens        map[genKey]uint32  // see childIno
 }
 
 // originFS tags the commits made by the filesystem, whose kernel caches are
@@ -173,7 +176,7 @@ func (f *FS) stop() {
 	f.mu.Lock()
 	var keys []string
 	for k, h := range f.hidden {
-		if h.timer.Stop() {
+		if h.timer != nil && h.timer.Stop() {
 			keys = append(keys, k)
 		}
 	}
@@ -181,6 +184,7 @@ func (f *FS) stop() {
 	for _, k := range keys {
 		f.commitHiddenDelete(k)
 	}
+	f.flushUnlinks()
 }
 
 // FlushAll commits the buffered writes of every open file.

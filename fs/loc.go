@@ -94,10 +94,17 @@ func (f *FS) writable(l loc) syscall.Errno {
 // What is hidden is the key's version at the time (its entry), not the path: once
 // anything else is at that path (a directory moved there, a file a peer wrote), it
 // shows, and the delayed delete leaves it alone.
+//
+// An unlinked key is hidden the same way while its delete is deferred
+// (engine.Database.DeleteLater): the engine commits the deletes of a few
+// milliseconds as one entry, so rm -r is not one signed entry per file. Such a
+// key has no timer of its own (unlinkTimer flushes them all) and gen orders it
+// against the flushes.
 type hiddenKey struct {
 	l       loc
 	version engine.ID
-	timer   *time.Timer
+	timer   *time.Timer // nil for an unlinked key
+	gen     uint64      // an unlinked key's place among unlinks (FS.unlinkGen)
 }
 
 func (f *FS) hide(l loc) {
@@ -119,13 +126,66 @@ func (f *FS) hide(l loc) {
 // caller's commit.
 func (f *FS) unhide(l loc) {
 	k := l.key()
+	f.mu.Lock()
+	h, ok := f.hidden[k]
+	f.mu.Unlock()
+	if ok && h.timer == nil {
+		// An unlinked key: its delete goes first, then the caller's commit.
+		l.db.FlushDeletes(engine.Journal)
+	}
 	f.hideMu.Lock()
 	defer f.hideMu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if h, ok := f.hidden[k]; ok {
-		h.timer.Stop()
+		if h.timer != nil {
+			h.timer.Stop()
+		}
 		delete(f.hidden, k)
+	}
+}
+
+// unlinkDelay is how long an unlinked key's delete may wait to be committed
+// with the unlinks after it, as one entry.
+const unlinkDelay = 5 * time.Millisecond
+
+// unlink removes the stored key at l, version v: the delete is deferred and the
+// key hidden until it is committed.
+func (f *FS) unlink(l loc, v engine.ID) syscall.Errno {
+	if err := l.db.DeleteLater(l.store, l.path, v, originFS); err != nil {
+		return toErrno(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.unlinkGen++
+	if old, ok := f.hidden[l.key()]; ok && old.timer != nil {
+		old.timer.Stop() // hid an older version, which is gone already
+	}
+	f.hidden[l.key()] = &hiddenKey{l: l, version: v, gen: f.unlinkGen}
+	if f.unlinkTimer == nil {
+		f.unlinkTimer = time.AfterFunc(unlinkDelay, f.flushUnlinks)
+	}
+	return 0
+}
+
+// flushUnlinks commits the deferred deletes and forgets the keys hidden for them.
+func (f *FS) flushUnlinks() {
+	f.mu.Lock()
+	gen := f.unlinkGen
+	f.unlinkTimer = nil
+	f.mu.Unlock()
+	err := f.inst.FlushDeletes(engine.Journal)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for k, h := range f.hidden {
+		if h.timer == nil && h.gen <= gen && err == nil {
+			delete(f.hidden, k)
+		}
+	}
+	// Unlinks made during the flush get their own. (After a failure, the deletes
+	// stay pending, and hidden, until the next commit, flush or open.)
+	if f.unlinkGen > gen && err == nil && f.unlinkTimer == nil {
+		f.unlinkTimer = time.AfterFunc(unlinkDelay, f.flushUnlinks)
 	}
 }
 

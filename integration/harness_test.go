@@ -611,6 +611,21 @@ func expectCommits(t *testing.T, m *Mount, db string, before, want int, what str
 	t.Errorf("%s: %d new commits in %s, want %d; .sync/log:\n%s", what, got, db, want, readFile(t, m.Path(db, ".sync", "log")))
 }
 
+// expectDeferredCommits is expectCommits for an unlink, whose delete is recorded
+// (kill -9 safe) when it returns and committed a few milliseconds later, together
+// with the unlinks made meanwhile.
+func expectDeferredCommits(t *testing.T, m *Mount, db string, before, want int, what string) {
+	t.Helper()
+	got := commits(t, m, db) - before
+	for start := time.Now(); got < want && time.Since(start) < 5*time.Second; {
+		time.Sleep(time.Millisecond)
+		got = commits(t, m, db) - before
+	}
+	if got != want {
+		t.Errorf("%s: %d new commits in %s, want %d; .sync/log:\n%s", what, got, db, want, readFile(t, m.Path(db, ".sync", "log")))
+	}
+}
+
 // newStore creates database db and store in it through the mount and returns the
 // store's path.
 func newStore(t *testing.T, m *Mount, db, store string) string {
