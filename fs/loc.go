@@ -99,12 +99,15 @@ func (f *FS) writable(l loc) syscall.Errno {
 // (engine.Database.DeleteLater): the engine commits the deletes of a few
 // milliseconds as one entry, so rm -r is not one signed entry per file. Such a
 // key has no timer of its own (unlinkTimer flushes them all) and gen orders it
-// against the flushes.
+// against the flushes. It stays hidden for unlinkLinger after its delete is
+// committed: a listing that began before reads the store as it was, and must
+// still skip it.
 type hiddenKey struct {
 	l       loc
 	version engine.ID
 	timer   *time.Timer // nil for an unlinked key
 	gen     uint64      // an unlinked key's place among unlinks (FS.unlinkGen)
+	flushed time.Time   // when an unlinked key's delete was committed
 }
 
 func (f *FS) hide(l loc) {
@@ -146,8 +149,12 @@ func (f *FS) unhide(l loc) {
 }
 
 // unlinkDelay is how long an unlinked key's delete may wait to be committed
-// with the unlinks after it, as one entry.
-const unlinkDelay = 5 * time.Millisecond
+// with the unlinks after it, as one entry; unlinkLinger how long the key stays
+// hidden after that (see hiddenKey).
+const (
+	unlinkDelay  = 5 * time.Millisecond
+	unlinkLinger = time.Second
+)
 
 // unlink removes the stored key at l, version v: the delete is deferred and the
 // key hidden until it is committed.
@@ -168,24 +175,38 @@ func (f *FS) unlink(l loc, v engine.ID) syscall.Errno {
 	return 0
 }
 
-// flushUnlinks commits the deferred deletes and forgets the keys hidden for them.
+// flushUnlinks commits the deferred deletes and forgets the keys hidden for them
+// a while ago.
 func (f *FS) flushUnlinks() {
 	f.mu.Lock()
 	gen := f.unlinkGen
 	f.unlinkTimer = nil
 	f.mu.Unlock()
 	err := f.inst.FlushDeletes(engine.Journal)
+	now := time.Now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	lingering := false
 	for k, h := range f.hidden {
-		if h.timer == nil && h.gen <= gen && err == nil {
+		switch {
+		case h.timer != nil:
+		case !h.flushed.IsZero() && now.Sub(h.flushed) >= unlinkLinger:
 			delete(f.hidden, k)
+		case h.flushed.IsZero() && h.gen <= gen && err == nil:
+			h.flushed = now
+			lingering = true
+		default:
+			lingering = true
 		}
 	}
 	// Unlinks made during the flush get their own. (After a failure, the deletes
 	// stay pending, and hidden, until the next commit, flush or open.)
-	if f.unlinkGen > gen && err == nil && f.unlinkTimer == nil {
-		f.unlinkTimer = time.AfterFunc(unlinkDelay, f.flushUnlinks)
+	if f.unlinkTimer == nil && err == nil {
+		if f.unlinkGen > gen {
+			f.unlinkTimer = time.AfterFunc(unlinkDelay, f.flushUnlinks)
+		} else if lingering {
+			f.unlinkTimer = time.AfterFunc(unlinkLinger, f.flushUnlinks)
+		}
 	}
 }
 
