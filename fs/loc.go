@@ -118,8 +118,14 @@ func (f *FS) hide(l loc) {
 	k := l.key()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, ok := f.hidden[k]; ok {
-		return
+	if h, ok := f.hidden[k]; ok {
+		if h.version == n.Entry {
+			return
+		}
+		// It hid an older version: one unlinked a moment ago (see hiddenKey).
+		if h.timer != nil {
+			h.timer.Stop()
+		}
 	}
 	f.hidden[k] = &hiddenKey{l: l, version: n.Entry, timer: time.AfterFunc(hideDelay, func() { f.commitHiddenDelete(k) })}
 }
