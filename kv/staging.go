@@ -2,7 +2,6 @@ package kv
 
 import (
 	"bytes"
-	"maps"
 	"slices"
 	"strings"
 
@@ -22,6 +21,8 @@ type Staging struct {
 	base    Reader
 	puts    map[string][]byte
 	deleted map[string]bool
+	keys    []string // each key staged, once
+	size    int      // about what the batch will hold
 }
 
 // NewStaging starts an empty staging area over base.
@@ -32,12 +33,21 @@ func NewStaging(base Reader) *Staging {
 // Put stages key=value. The staging keeps value (it is not copied): the caller
 // must not change it afterwards.
 func (s *Staging) Put(key, value []byte) {
+	s.stage(key, len(value))
 	s.puts[string(key)] = value
 	delete(s.deleted, string(key))
 }
 
+func (s *Staging) stage(key []byte, n int) {
+	if _, ok := s.puts[string(key)]; !ok && !s.deleted[string(key)] {
+		s.keys = append(s.keys, string(key))
+	}
+	s.size += len(key) + n + 8
+}
+
 // Delete stages the removal of key.
 func (s *Staging) Delete(key []byte) {
+	s.stage(key, 0)
 	delete(s.puts, string(key))
 	s.deleted[string(key)] = true
 }
@@ -58,26 +68,20 @@ func (s *Staging) staged(prefix []byte) []string {
 // key put several times in a group (a directory's record, once per change below
 // it) reaches the store once.
 func (s *Staging) Batch() *Batch {
-	size := 0
-	for k, v := range s.puts {
-		size += len(k) + len(v) + 8
-	}
-	for k := range s.deleted {
-		size += len(k) + 4
-	}
-	b := &Batch{b: *leveldb.MakeBatch(size + 16)}
-	keys := slices.Sorted(maps.Keys(s.puts))
-	for _, k := range keys {
-		b.b.Put([]byte(k), s.puts[k])
-	}
-	for k := range s.deleted {
-		b.b.Delete([]byte(k))
+	b := &Batch{b: *leveldb.MakeBatch(s.size + 16)}
+	slices.Sort(s.keys)
+	for _, k := range s.keys {
+		if v, ok := s.puts[k]; ok {
+			b.b.Put([]byte(k), v)
+		} else {
+			b.b.Delete([]byte(k))
+		}
 	}
 	return b
 }
 
 // Len is the number of staged keys.
-func (s *Staging) Len() int { return len(s.puts) + len(s.deleted) }
+func (s *Staging) Len() int { return len(s.keys) }
 
 // Get: see Reader.
 func (s *Staging) Get(key []byte) ([]byte, error) {
