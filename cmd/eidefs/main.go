@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"runtime/pprof"
 
 	"github.com/spf13/cobra"
@@ -15,6 +16,20 @@ func main() {
 		os.Exit(code)
 	}
 	os.Exit(runCLI())
+}
+
+// writeHeapProfile writes the heap profile to $EIDEFS_MEMPROFILE, if set: a
+// mount does when it is told to unmount, before it lets go of anything.
+func writeHeapProfile() {
+	path := os.Getenv("EIDEFS_MEMPROFILE")
+	if path == "" {
+		return
+	}
+	runtime.GC()
+	if f, err := os.Create(path); err == nil {
+		pprof.WriteHeapProfile(f)
+		f.Close()
+	}
 }
 
 func runCLI() int {

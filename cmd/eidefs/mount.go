@@ -84,6 +84,7 @@ func newMountCmd(g *globals) *cobra.Command {
 			select {
 			case s := <-sigs:
 				log.Info("unmounting", "signal", s.String())
+				writeHeapProfile()
 				if err := fsys.Unmount(); err != nil {
 					// Busy (a shell cd'ed inside, say): detach now; the kernel finishes
 					// the unmount when the last user goes.
