@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"slices"
@@ -73,15 +74,21 @@ func (d *Database) DeleteLater(store string, path []string, version ID, origin s
 	return nil
 }
 
-// FlushDeletes commits the database's pending deletes now, with durability d.
+// FlushDeletes commits the database's pending deletes now. With Sync it then
+// syncs as SyncJournal does: they, and everything before them, are on disk.
 func (d *Database) FlushDeletes(dur Durability) error {
-	if !d.in.hasLater(d.id) && dur != Sync {
-		return nil
+	if d.in.hasLater(d.id) {
+		if err := d.in.do(&request{flush: &d.id}).err; err != nil {
+			return err
+		}
 	}
-	return d.in.do(&request{flush: &d.id, sync: dur == Sync}).err
+	if dur == Sync {
+		return d.in.SyncJournal()
+	}
+	return nil
 }
 
-// FlushDeletes commits every database's pending deletes, with durability d.
+// FlushDeletes is Database.FlushDeletes for every database.
 func (in *Instance) FlushDeletes(dur Durability) error {
 	in.laterMu.Lock()
 	var ids []ID
@@ -92,11 +99,11 @@ func (in *Instance) FlushDeletes(dur Durability) error {
 	}
 	in.laterMu.Unlock()
 	for _, id := range ids {
-		if err := in.do(&request{flush: &id, sync: dur == Sync}).err; err != nil {
+		if err := in.do(&request{flush: &id}).err; err != nil {
 			return err
 		}
 	}
-	if dur == Sync && len(ids) == 0 {
+	if dur == Sync {
 		return in.SyncJournal()
 	}
 	return nil
@@ -112,7 +119,7 @@ func (in *Instance) hasLater(db ID) bool {
 func (in *Instance) loadLater() error {
 	var bad kv.Batch
 	err := in.kv.Iterate([]byte{pLater}, false, func(k, v []byte) bool {
-		ld := laterDelete{key: k}
+		ld := laterDelete{key: bytes.Clone(k)} // k is the iterator's
 		if len(k) != 1+32+8 || decMode.Unmarshal(v, &ld.rec) != nil {
 			bad.Delete(k)
 			return true

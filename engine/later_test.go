@@ -140,10 +140,12 @@ func TestDeleteLaterSurvivesAKill(t *testing.T) {
 	in, _ := Open(store, Options{Identity: id})
 	db, _ := in.CreateDatabase("notes", "")
 	tx := db.Begin()
-	tx.Store("s").Set("a", []byte("1")).Set("b", []byte("2"))
+	tx.Store("s").Set("a", []byte("1")).Set("b", []byte("2")).Set("c", []byte("3"))
 	mustCommit(t, tx)
-	if err := db.DeleteLater("s", []string{"a"}, version(t, db, "s", "a"), ""); err != nil {
-		t.Fatal(err)
+	for _, k := range []string{"a", "c"} {
+		if err := db.DeleteLater("s", []string{k}, version(t, db, "s", k), ""); err != nil {
+			t.Fatal(err)
+		}
 	}
 	store.Close() // no in.Close: as after kill -9
 
