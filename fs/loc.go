@@ -207,6 +207,11 @@ func (f *FS) flushUnlinks() {
 	}
 	// Unlinks made during the flush get their own. (After a failure, the deletes
 	// stay pending, and hidden, until the next commit, flush or open.)
+	select {
+	case <-f.done:
+		return // unmounted
+	default:
+	}
 	if f.unlinkTimer == nil && err == nil {
 		if f.unlinkGen > gen {
 			f.unlinkTimer = time.AfterFunc(unlinkDelay, f.flushUnlinks)
@@ -248,11 +253,13 @@ func (f *FS) commitHiddenDelete(k string) {
 	defer f.hideMu.Unlock()
 	f.mu.Lock()
 	h, ok := f.hidden[k]
-	delete(f.hidden, k)
-	f.mu.Unlock()
-	if !ok {
+	if !ok || h.timer == nil {
+		// Gone, or replaced by an unlinked key's entry after this timer fired.
+		f.mu.Unlock()
 		return
 	}
+	delete(f.hidden, k)
+	f.mu.Unlock()
 	l := h.l
 	// Only while the hidden version is still there: not what replaced it, and not
 	// below a directory that is gone (a delete at a/b/c implies maps at a and a/b).
