@@ -387,6 +387,13 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 			if n.cur == nil {
 				n.cur = n.ver.content()
 			}
+		case errno == syscall.ENOENT && write:
+			// The inode was taken off its name (replaced by a version from
+			// elsewhere, or unlinked) between the kernel's lookup and this open.
+			// ESTALE makes the kernel look the name up again and retry the open
+			// once: the writer gets the name's new inode, or, if the name is
+			// gone, ENOENT or a new file (O_CREAT), as on a local disk.
+			return nil, 0, syscall.ESTALE
 		default:
 			return nil, 0, errno
 		}

@@ -207,3 +207,80 @@ func TestNoTornReads(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestOverwriteRacingAPeer overwrites a key in place on the mount (open with
+// O_TRUNC, as a shell's > does) while the same key keeps changing from outside
+// and another process reads it: an open that comes just after that reader's
+// lookup gave the name a new inode for a peer's version must open the new inode,
+// not fail with ENOENT.
+func TestOverwriteRacingAPeer(t *testing.T) {
+	requireFUSE(t)
+	store, err := kv.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	inst, err := engine.Open(store, engine.Options{Identity: engine.NewIdentity()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inst.Close() })
+	db, err := inst.CreateDatabase("d", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := func(v []byte) error {
+		tx := db.Begin()
+		tx.SetOrigin("peer")
+		tx.Store("s").SetPath([]string{"k"}, v)
+		_, err := tx.Commit(engine.Journal)
+		return err
+	}
+	if err := set([]byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	_, mnt := mountOn(t, inst)
+	key := filepath.Join(mnt, "d", "s", "k")
+
+	var stop atomic.Bool
+	var remotes, local atomic.Int64
+	errs := make(chan error, 3)
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { // a reader, whose lookups give the name its new inodes
+		defer wg.Done()
+		for !stop.Load() {
+			if _, err := os.ReadFile(key); err != nil {
+				errs <- fmt.Errorf("read: %w", err)
+				return
+			}
+		}
+	}()
+	go func() { // the peer
+		defer wg.Done()
+		for !stop.Load() {
+			time.Sleep(time.Millisecond)
+			if err := set(fmt.Appendf(nil, "peer %d", remotes.Add(1))); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	go func() { // the writer on the mount
+		defer wg.Done()
+		for !stop.Load() {
+			if err := os.WriteFile(key, fmt.Appendf(nil, "local %d", local.Add(1)), 0o644); err != nil {
+				errs <- fmt.Errorf("overwrite #%d: %w", local.Load(), err)
+				return
+			}
+		}
+	}()
+	time.Sleep(2 * time.Second)
+	stop.Store(true)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	t.Logf("%d overwrites on the mount while %d versions came from outside", local.Load(), remotes.Load())
+}
