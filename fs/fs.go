@@ -127,7 +127,13 @@ func Mount(dir string, o Options) (*FS, error) {
 			// The kernel sends READDIRPLUS (names with attributes) only while the
 			// reader looks the names up (ls -l, find, grep -r), plain READDIR for
 			// a bare ls: no inode per name when nobody asks.
-			ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO,
+			//
+			// HANDLE_KILLPRIV_V2: clearing setuid/setgid bits and file
+			// capabilities on a write is this filesystem's business, and there
+			// are none to clear (modes are fixed, chmod u+s is EPERM, no
+			// security.* xattrs). Without it the kernel asks for
+			// security.capability (a GETXATTR round trip) before every write(2).
+			ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO | fuse.CAP_HANDLE_KILLPRIV_V2,
 			// A file's pages never go stale under the kernel: an inode stands for
 			// one version (see fileNode), so what the kernel caches of it changes
 			// only through it, and an open of another version drops the pages
