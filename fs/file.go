@@ -199,6 +199,19 @@ func (n *fileNode) contentAttrLocked(c *content, out *fuse.Attr) syscall.Errno {
 	return 0
 }
 
+// stale turns the ENOENT of an inode taken off its name into ESTALE, for the
+// requests that reach an inode by a path the kernel walked just before (open,
+// truncate, stat): another process's lookup may have given the name a new inode
+// (a peer's version) in between, or the key may be gone. On ESTALE the kernel
+// looks the name up again and retries the call once, which then finds the new
+// inode, or ENOENT.
+func stale(errno syscall.Errno) syscall.Errno {
+	if errno == syscall.ENOENT {
+		return syscall.ESTALE
+	}
+	return errno
+}
+
 // replacedBy reports whether node, stored at l (the inode's place, name in
 // parent), is a version from elsewhere, and then takes the inode off the name:
 // the name needs a new inode (see fileNode). A file being written keeps its inode
@@ -316,7 +329,7 @@ func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 			// truncate(2) on a file nobody has open: commit at once, as it returns.
 			l, errno := n.fsys.locate(n.EmbeddedInode())
 			if errno != 0 {
-				return errno
+				return stale(errno)
 			}
 			if errno := n.fsys.writable(l); errno != 0 {
 				return errno
@@ -388,12 +401,9 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 				n.cur = n.ver.content()
 			}
 		case errno == syscall.ENOENT && write:
-			// The inode was taken off its name (replaced by a version from
-			// elsewhere, or unlinked) between the kernel's lookup and this open.
-			// ESTALE makes the kernel look the name up again and retry the open
-			// once: the writer gets the name's new inode, or, if the name is
+			// A writer gets the name's new inode (stale), or, if the name is
 			// gone, ENOENT or a new file (O_CREAT), as on a local disk.
-			return nil, 0, syscall.ESTALE
+			return nil, 0, stale(errno)
 		default:
 			return nil, 0, errno
 		}
