@@ -200,11 +200,11 @@ func (n *fileNode) contentAttrLocked(c *content, out *fuse.Attr) syscall.Errno {
 }
 
 // stale turns the ENOENT of an inode taken off its name into ESTALE, for the
-// requests that reach an inode by a path the kernel walked just before (open,
-// truncate, stat): another process's lookup may have given the name a new inode
-// (a peer's version) in between, or the key may be gone. On ESTALE the kernel
-// looks the name up again and retries the call once, which then finds the new
-// inode, or ENOENT.
+// requests that reach an inode by a path the kernel walked just before (an open
+// for writing, truncate(2)): another process's lookup may have given the name a
+// new inode (a peer's version) in between, or the key may be gone. On ESTALE the
+// kernel looks the name up again and retries the call once, which then finds
+// the new inode, or ENOENT.
 func stale(errno syscall.Errno) syscall.Errno {
 	if errno == syscall.ENOENT {
 		return syscall.ESTALE
