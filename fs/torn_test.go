@@ -45,15 +45,11 @@ func wholeValue(b []byte) string {
 	return ""
 }
 
-// TestNoTornReads rewrites one key from outside the mount (as a peer's entries
-// arrive: through the engine, not the filesystem) every millisecond or so,
-// cycling through a 6-, a 1,006- and a 20,006-byte value, while readers on the
-// mount read it whole (cat), read it through a descriptor kept open and checked
-// with fstat (as tail does), and replace it (write a new file, rename it over)
-// and read it back. Every read must be
-// one whole value some writer wrote: never one version's bytes at another's
-// size, cut short or padded with NUL bytes.
-func TestNoTornReads(t *testing.T) {
+// mountPeerKey mounts a new instance holding key d/s/k = first, and returns a
+// function that sets the key as a peer's entries would (through the engine, not
+// the filesystem, whose caches must then be dropped) and the key's path.
+func mountPeerKey(t *testing.T, first []byte) (func(v []byte) error, string) {
+	t.Helper()
 	requireFUSE(t)
 	store, err := kv.Open(t.TempDir())
 	if err != nil {
@@ -71,16 +67,28 @@ func TestNoTornReads(t *testing.T) {
 	}
 	set := func(v []byte) error {
 		tx := db.Begin()
-		tx.SetOrigin("peer") // not the filesystem's own: its caches must be dropped
+		tx.SetOrigin("peer")
 		tx.Store("s").SetPath([]string{"k"}, v)
 		_, err := tx.Commit(engine.Journal)
 		return err
 	}
-	if err := set(tornValue(0)); err != nil {
+	if err := set(first); err != nil {
 		t.Fatal(err)
 	}
 	_, mnt := mountOn(t, inst)
-	key := filepath.Join(mnt, "d", "s", "k")
+	return set, filepath.Join(mnt, "d", "s", "k")
+}
+
+// TestNoTornReads rewrites one key from outside the mount (as a peer's entries
+// arrive: through the engine, not the filesystem) every millisecond or so,
+// cycling through a 6-, a 1,006- and a 20,006-byte value, while readers on the
+// mount read it whole (cat), read it through a descriptor kept open and checked
+// with fstat (as tail does), and replace it (write a new file, rename it over)
+// and read it back. Every read must be
+// one whole value some writer wrote: never one version's bytes at another's
+// size, cut short or padded with NUL bytes.
+func TestNoTornReads(t *testing.T) {
+	set, key := mountPeerKey(t, tornValue(0))
 
 	duration := 3 * time.Second
 	if testing.Short() {
@@ -163,7 +171,7 @@ func TestNoTornReads(t *testing.T) {
 	local := 0
 	run(func() error { // a writer on the mount, replacing the file whole as editors do, reading back
 		local++
-		tmp := filepath.Join(mnt, "d", "s", "k.new")
+		tmp := key + ".new"
 		if err := os.WriteFile(tmp, tornValue(local+50000), 0o644); err != nil {
 			return err
 		}
@@ -217,33 +225,7 @@ func TestNoTornReads(t *testing.T) {
 // must open the new inode, never fail with ENOENT. At this pace the kernel's one
 // retry sometimes meets yet another version (ESTALE); that must stay rare.
 func TestOverwriteRacingAPeer(t *testing.T) {
-	requireFUSE(t)
-	store, err := kv.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	inst, err := engine.Open(store, engine.Options{Identity: engine.NewIdentity()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inst.Close() })
-	db, err := inst.CreateDatabase("d", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	set := func(v []byte) error {
-		tx := db.Begin()
-		tx.SetOrigin("peer")
-		tx.Store("s").SetPath([]string{"k"}, v)
-		_, err := tx.Commit(engine.Journal)
-		return err
-	}
-	if err := set([]byte("first")); err != nil {
-		t.Fatal(err)
-	}
-	_, mnt := mountOn(t, inst)
-	key := filepath.Join(mnt, "d", "s", "k")
+	set, key := mountPeerKey(t, []byte("first"))
 
 	var stop atomic.Bool
 	var remotes, local atomic.Int64
