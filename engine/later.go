@@ -49,13 +49,8 @@ func (d *Database) DeleteLater(store string, path []string, version ID, origin s
 	if err := CheckStoreName(store); err != nil {
 		return err
 	}
-	for _, n := range path {
-		if err := CheckName(n); err != nil {
-			return err
-		}
-	}
-	if len(path) == 0 {
-		return ErrInvalidName
+	if err := checkKeyPath(path); err != nil {
+		return err
 	}
 	in := d.in
 	in.laterMu.Lock()
@@ -77,28 +72,25 @@ func (d *Database) DeleteLater(store string, path []string, version ID, origin s
 // FlushDeletes commits the database's pending deletes now. With Sync it then
 // syncs as SyncJournal does: they, and everything before them, are on disk.
 func (d *Database) FlushDeletes(dur Durability) error {
-	if d.in.hasLater(d.id) {
-		if err := d.in.do(&request{flush: &d.id}).err; err != nil {
-			return err
-		}
-	}
-	if dur == Sync {
-		return d.in.SyncJournal()
-	}
-	return nil
+	return d.in.flushLater([]ID{d.id}, dur)
 }
 
 // FlushDeletes is Database.FlushDeletes for every database.
 func (in *Instance) FlushDeletes(dur Durability) error {
 	in.laterMu.Lock()
-	var ids []ID
-	for id, ds := range in.later {
-		if len(ds) > 0 {
-			ids = append(ids, id)
-		}
+	ids := make([]ID, 0, len(in.later))
+	for id := range in.later {
+		ids = append(ids, id)
 	}
 	in.laterMu.Unlock()
+	return in.flushLater(ids, dur)
+}
+
+func (in *Instance) flushLater(ids []ID, dur Durability) error {
 	for _, id := range ids {
+		if !in.hasLater(id) {
+			continue
+		}
 		if err := in.do(&request{flush: &id}).err; err != nil {
 			return err
 		}

@@ -168,20 +168,27 @@ func (s *StoreTx) setPathFile(path []string, f *os.File, size int64, sum *blobHa
 	return s
 }
 
-// keyPath checks that path can name a key (not empty, valid names); if not, the
+// keyPath checks that path can name a key (checkKeyPath); if not, the
 // transaction fails.
 func (s *StoreTx) keyPath(path []string) bool {
-	if len(path) == 0 {
-		s.tx.fail(fmt.Errorf("%w: empty path", ErrInvalidName))
+	if err := checkKeyPath(path); err != nil {
+		s.tx.fail(err)
 		return false
+	}
+	return true
+}
+
+// checkKeyPath checks that path can name a key: not empty, valid names.
+func checkKeyPath(path []string) error {
+	if len(path) == 0 {
+		return fmt.Errorf("%w: empty path", ErrInvalidName)
 	}
 	for _, name := range path {
 		if err := CheckName(name); err != nil {
-			s.tx.fail(err)
-			return false
+			return err
 		}
 	}
-	return true
+	return nil
 }
 
 // SetNode sets path to what n (read from this database) is: a value, or a link.
