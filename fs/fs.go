@@ -85,11 +85,15 @@ type FS struct {
 	hideMu sync.Mutex // serialises hidden deletes with unhide; taken before mu
 	mu     sync.Mutex // guards hidden, unlink*, open, gens and opts.LocalOnly
 	hidden map[string]*hiddenKey
-	// unlinkGen counts unlinks; unlinkTimer, if set, will flush them.
-	unlinkGen   uint64
-	unlinkTimer *time.Timer
-	open        map[*fileNode]bool // nodes with content in memory
-	gens        map[genKey]uint32  // see childIno
+	// unlinkGen counts unlinks; unlinkTimer, if set, will flush them. unlinked
+	// are the keys hidden for unlinks, in order, the first unlinkedFlushed of
+	// them committed (see flushUnlinks).
+	unlinkGen       uint64
+	unlinkTimer     *time.Timer
+	unlinked        []*hiddenKey
+	unlinkedFlushed int
+	open            map[*fileNode]bool // nodes with content in memory
+	gens            map[genKey]uint32  // see childIno
 }
 
 // originFS tags the commits made by the filesystem, whose kernel caches are

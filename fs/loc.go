@@ -174,7 +174,9 @@ func (f *FS) unlink(l loc, v engine.ID) syscall.Errno {
 	if old, ok := f.hidden[l.key()]; ok && old.timer != nil {
 		old.timer.Stop() // hid an older version, which is gone already
 	}
-	f.hidden[l.key()] = &hiddenKey{l: l, version: v, gen: f.unlinkGen}
+	h := &hiddenKey{l: l, version: v, gen: f.unlinkGen}
+	f.hidden[l.key()] = h
+	f.unlinked = append(f.unlinked, h)
 	if f.unlinkTimer == nil {
 		f.unlinkTimer = time.AfterFunc(unlinkDelay, f.flushUnlinks)
 	}
@@ -192,19 +194,23 @@ func (f *FS) flushUnlinks() {
 	now := time.Now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	lingering := false
-	for k, h := range f.hidden {
-		switch {
-		case h.timer != nil:
-		case !h.flushed.IsZero() && now.Sub(h.flushed) >= unlinkLinger:
-			delete(f.hidden, k)
-		case h.flushed.IsZero() && h.gen <= gen && err == nil:
-			h.flushed = now
-			lingering = true
-		default:
-			lingering = true
+	// f.unlinked is in unlink order: first the flushed ones (by flush time),
+	// then those still pending; each flush touches only what it changes.
+	old := 0
+	for old < f.unlinkedFlushed && now.Sub(f.unlinked[old].flushed) >= unlinkLinger {
+		h := f.unlinked[old]
+		if k := h.l.key(); f.hidden[k] == h {
+			delete(f.hidden, k) // not if unhidden or hidden anew meanwhile
 		}
+		f.unlinked[old] = nil
+		old++
 	}
+	f.unlinked, f.unlinkedFlushed = f.unlinked[old:], f.unlinkedFlushed-old
+	for err == nil && f.unlinkedFlushed < len(f.unlinked) && f.unlinked[f.unlinkedFlushed].gen <= gen {
+		f.unlinked[f.unlinkedFlushed].flushed = now
+		f.unlinkedFlushed++
+	}
+	lingering := len(f.unlinked) > 0
 	// Unlinks made during the flush get their own. (After a failure, the deletes
 	// stay pending, and hidden, until the next commit, flush or open.)
 	select {
