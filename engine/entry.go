@@ -158,7 +158,7 @@ func sortIDs(ids []ID) []ID {
 }
 
 // sign fills in e.Author and e.Sig and returns the canonical bytes and id.
-func (e *Entry) sign(who *Identity) ([]byte, ID) {
+func (e *Entry) sign(who signer) ([]byte, ID) {
 	e.normalize()
 	e.Author = who.Public()
 	e.Sig = nil

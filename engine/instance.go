@@ -55,6 +55,7 @@ type Instance struct {
 	blobMu     sync.Mutex        // guards unsynced
 	unsynced   map[blobHash]bool // blobs stored since the last syncBlobs
 	id         *Identity
+	signer     *nonceSigner // signs with in.id
 	now        func() time.Time
 	maxValue   int
 	maxPending int
@@ -220,8 +221,10 @@ func Open(store *kv.DB, o Options) (*Instance, error) {
 	if err := in.loadLater(); err != nil {
 		return nil, err
 	}
+	in.signer = newNonceSigner(in.id)
 	// Deletes a killed process left pending are committed now.
 	if err := in.FlushDeletes(Journal); err != nil {
+		in.signer.close()
 		return nil, err
 	}
 	return in, nil
@@ -309,6 +312,7 @@ func (in *Instance) Close() error {
 	}
 	in.qmu.Unlock()
 	in.subs.closeAll()
+	in.signer.close()
 	return nil
 }
 
@@ -586,7 +590,7 @@ func (g *group) create(c *createReq) (ID, error) {
 	e := &Entry{Height: uint64(now), Time: now, Entropy: make([]byte, 16),
 		Stores: []StoreNode{{Name: SettingsStore, Ops: ops}}}
 	_, _ = rand.Read(e.Entropy)
-	raw, id := e.sign(g.in.id)
+	raw, id := e.sign(g.in.signer)
 	if _, err := g.applyRoot(raw, e, id, c.name); err != nil {
 		return ID{}, err
 	}
@@ -621,7 +625,7 @@ func (g *group) commit(c *commitReq) (ID, error) {
 	for _, s := range c.stores {
 		e.Stores = append(e.Stores, StoreNode{Name: s.Name, Parents: slices.Clone(st.storeTips[s.Name]), Ops: s.Ops})
 	}
-	raw, id := e.sign(g.in.id)
+	raw, id := e.sign(g.in.signer)
 	vv, seq, err := g.clock(e)
 	if err != nil {
 		return ID{}, err
