@@ -32,17 +32,34 @@ var (
 	_ = (gofs.NodeSetattrer)((*dirNode)(nil))
 )
 
-// overlayChild returns the in-memory (local-only, or created and not yet
-// committed) file called name in parent, if any.
-func overlayChild(parent *gofs.Inode, name string) (*gofs.Inode, *fileNode) {
+// lockedOverlayChild returns the in-memory (local-only, created and not yet
+// committed, or written and not yet flushed) file called name in parent, if any,
+// with its lock held: as soon as the lock is let go, a flush may commit it and a
+// close drop its content.
+func lockedOverlayChild(parent *gofs.Inode, name string) (*gofs.Inode, *fileNode) {
 	ch := parent.GetChild(name)
 	if ch == nil {
 		return nil, nil
 	}
-	if fn, ok := ch.Operations().(*fileNode); ok && fn.inMemory() {
+	fn, ok := ch.Operations().(*fileNode)
+	if !ok {
+		return nil, nil
+	}
+	fn.mu.Lock()
+	if fn.inMemoryLocked() {
 		return ch, fn
 	}
+	fn.mu.Unlock()
 	return nil, nil
+}
+
+// inOverlay reports whether name in parent is an in-memory file at this moment.
+func inOverlay(parent *gofs.Inode, name string) bool {
+	ch, fn := lockedOverlayChild(parent, name)
+	if ch != nil {
+		fn.mu.Unlock()
+	}
+	return ch != nil
 }
 
 // newChild makes (or finds) the inode for a stored node and fills out its attributes.
@@ -113,8 +130,7 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	if len(name) > engine.MaxNameLen {
 		return nil, syscall.ENAMETOOLONG
 	}
-	if ch, fn := overlayChild(d.EmbeddedInode(), name); ch != nil {
-		fn.mu.Lock()
+	if ch, fn := lockedOverlayChild(d.EmbeddedInode(), name); ch != nil {
 		fn.attrFromContent(fn.cur, &out.Attr)
 		fn.mu.Unlock()
 		return ch, 0
@@ -278,7 +294,7 @@ func (s *dirStream) fill() {
 
 // exists reports whether name is visible in the directory at l (stored or overlay).
 func (f *FS) exists(parent *gofs.Inode, l loc, name string) (engine.Node, bool) {
-	if ch, _ := overlayChild(parent, name); ch != nil {
+	if inOverlay(parent, name) {
 		return engine.Node{Kind: engine.OpValue}, true
 	}
 	cl := l.child(name)
@@ -377,7 +393,7 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	}
 	cl := l.child(name)
 	removed := false
-	if ch, _ := overlayChild(d.EmbeddedInode(), name); ch != nil {
+	if inOverlay(d.EmbeddedInode(), name) {
 		if d.fsys.dropOverlay(d.EmbeddedInode(), name) {
 			d.fsys.retire(d.EmbeddedInode(), name)
 			return 0 // local-only: never stored
@@ -589,12 +605,11 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 	dstLocal := len(dst.path) > 0 && f.isLocalOnly(newName)
 
 	// A file in memory: local-only, just created, or written and not flushed.
-	if ch, fn := overlayChild(srcParent, srcName); ch != nil {
+	if ch, fn := lockedOverlayChild(srcParent, srcName); ch != nil {
+		defer fn.mu.Unlock()
 		if dstExists && dstNode.Kind == engine.OpMap {
 			return syscall.EISDIR
 		}
-		fn.mu.Lock()
-		defer fn.mu.Unlock()
 		srcStored := !fn.local && !fn.pending && !f.isHidden(src)
 		if dstLocal {
 			if srcStored {
@@ -742,7 +757,7 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 
 // dirEntry is what name in the directory parent (at l's parent) currently is.
 func (f *FS) dirEntry(parent *gofs.Inode, l loc, name string) (engine.Node, bool) {
-	if ch, _ := overlayChild(parent, name); ch != nil {
+	if inOverlay(parent, name) {
 		return engine.Node{Kind: engine.OpValue}, true
 	}
 	if f.isHidden(l) {
@@ -755,11 +770,10 @@ func (f *FS) dirEntry(parent *gofs.Inode, l loc, name string) (engine.Node, bool
 // dropOverlay discards the in-memory file called name in parent (unlinked, or about
 // to be replaced by a rename) and reports whether it was local-only.
 func (f *FS) dropOverlay(parent *gofs.Inode, name string) bool {
-	ch, fn := overlayChild(parent, name)
+	ch, fn := lockedOverlayChild(parent, name)
 	if ch == nil {
 		return false
 	}
-	fn.mu.Lock()
 	local := fn.local
 	fn.local, fn.pending = false, false
 	if fn.cur != nil {

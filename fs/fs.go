@@ -14,7 +14,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash/fnv"
+	"log/slog"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -94,7 +96,23 @@ type FS struct {
 	unlinkedFlushed int
 	open            map[*fileNode]bool // nodes with content in memory
 	gens            map[genKey]uint32  // see childIno
+
+	panics atomic.Int64
 }
+
+// recovered answers a request whose handler panicked: EIO for it, an error in
+// the log, and the mount goes on serving the others.
+func (f *FS) recovered(v any) fuse.Status {
+	f.panics.Add(1)
+	slog.Error(panicMessage, "panic", v, "stack", string(debug.Stack()))
+	return fuse.EIO
+}
+
+// panicMessage starts the log line of a request that panicked; tests look for it.
+const panicMessage = "filesystem request panicked"
+
+// Panics is how many requests have panicked (and failed with EIO) so far.
+func (f *FS) Panics() int64 { return f.panics.Load() }
 
 // originFS tags the commits made by the filesystem, whose kernel caches are
 // already right.
@@ -144,6 +162,9 @@ func Mount(dir string, o Options) (*FS, error) {
 			// (no FOPEN_KEEP_CACHE). No invalidation when mtime changes, then: a
 			// file just written is reread from the page cache.
 			ExplicitDataCacheControl: true,
+			// A request that panics fails with EIO, as go-fuse's default does;
+			// it is logged as an error with its stack, and counted (Panics).
+			PanicHandler: f.recovered,
 		},
 	}
 	// gofs.Mount's steps, so requests can be observed on their way in.

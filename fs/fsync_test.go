@@ -43,6 +43,9 @@ func mountOn(t *testing.T, inst *engine.Instance) (*FS, string) {
 		t.Fatalf("mounting: %v", err)
 	}
 	t.Cleanup(func() {
+		if n := f.Panics(); n > 0 {
+			t.Errorf("%d filesystem requests panicked (and failed with EIO); see the log", n)
+		}
 		if err := f.Unmount(); err != nil {
 			// MNT_FORCE aborts the FUSE connection, so nothing stays blocked on it.
 			syscall.Unmount(mnt, syscall.MNT_FORCE|syscall.MNT_DETACH)

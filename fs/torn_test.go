@@ -239,7 +239,10 @@ func TestOverwriteRacingAPeer(t *testing.T) {
 		for !stop.Load() {
 			reads.Add(1)
 			if _, err := os.ReadFile(key); err != nil {
-				// Rarely EIO at this pace (docs/design.md); counted, bounded below.
+				// It once failed with EIO, about 1 read in 16,000: a lookup that
+				// found the file not yet flushed used its content after the
+				// writer's close had dropped it (a panic, which go-fuse answers
+				// with EIO).
 				readErrs.Add(1)
 				readErr.Store(err)
 			}
@@ -278,12 +281,12 @@ func TestOverwriteRacingAPeer(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	t.Logf("%d overwrites on the mount (%d ESTALE) and %d reads (%d failed) while %d versions came from outside",
-		local.Load(), stale.Load(), reads.Load(), readErrs.Load(), remotes.Load())
+	t.Logf("%d overwrites on the mount (%d ESTALE) and %d reads (%d failed, the last with %v) while %d versions came from outside",
+		local.Load(), stale.Load(), reads.Load(), readErrs.Load(), readErr.Load(), remotes.Load())
 	if stale.Load()*50 > local.Load() {
 		t.Errorf("%d of %d overwrites failed with ESTALE: the retry should make that rare", stale.Load(), local.Load())
 	}
-	if readErrs.Load()*100 > reads.Load() {
+	if readErrs.Load() > 0 {
 		t.Errorf("%d of %d reads failed, the last with %v", readErrs.Load(), reads.Load(), readErr.Load())
 	}
 }

@@ -206,7 +206,12 @@ type Mount struct {
 	exitErr  error
 	stop     sync.Once
 	watchdog atomic.Bool // the watchdog (or the -timeout guard) killed the process
+	panicked sync.Once   // reports a request that panicked, once
 }
+
+// panicLogged is what the mount logs when a filesystem request panics (it fails
+// with EIO and the mount goes on): a test that saw one fails, whatever it asserted.
+const panicLogged = "filesystem request panicked"
 
 // mount starts eidefs mount in the foreground and waits until the mount is live.
 // It always unmounts in t.Cleanup.
@@ -339,6 +344,11 @@ func (m *Mount) StopWith(t *testing.T, sig syscall.Signal) {
 			forceUnmount(m.Dir)
 		}
 	})
+	if strings.Contains(m.output.String(), panicLogged) {
+		m.panicked.Do(func() {
+			t.Errorf("eidefs %s: a filesystem request panicked (the caller got EIO). Output:\n%s", m.Dir, m.output)
+		})
+	}
 	if isMounted(m.Dir) {
 		t.Fatalf("%s is still mounted", m.Dir)
 	}
