@@ -109,6 +109,12 @@ func (f *FS) recovered(v any) fuse.Status {
 	return fuse.EIO
 }
 
+// panicMessage starts the log line of a request that panicked; tests look for it.
+const panicMessage = "filesystem request panicked"
+
+// Panics is how many requests have panicked (and failed with EIO) so far.
+func (f *FS) Panics() int64 { return f.panics.Load() }
+
 // A writer's open, or truncate(2), that meets an inode a peer's version has just
 // taken off its name gets ESTALE, on which the kernel looks the name up again and
 // retries once, from the same thread. Between that lookup and the retry, another
@@ -163,12 +169,6 @@ func (f *FS) retried(ctx context.Context) {
 		f.mu.Unlock()
 	}
 }
-
-// panicMessage starts the log line of a request that panicked; tests look for it.
-const panicMessage = "filesystem request panicked"
-
-// Panics is how many requests have panicked (and failed with EIO) so far.
-func (f *FS) Panics() int64 { return f.panics.Load() }
 
 // originFS tags the commits made by the filesystem, whose kernel caches are
 // already right.
