@@ -89,10 +89,8 @@ func (f *FS) newChild(ctx context.Context, parent *gofs.Inode, l loc, n engine.N
 		f.retire(parent, name)
 	}
 	st.Ino = f.childIno(parent, name, kind)
-	// A writer's retried lookup keeps the inode the name has (see expectRetry).
-	reserve := kind == 'f' && f.retrying(ctx, parent, name)
 	if ch != nil && ch.StableAttr().Mode == st.Mode {
-		if fn, ok := ch.Operations().(*fileNode); ok && fn.replacedBy(parent, name, l, n, reserve) {
+		if fn, ok := ch.Operations().(*fileNode); ok && fn.replacedBy(parent, name, l, n) {
 			// A version from elsewhere: the name becomes a new file (a new inode
 			// and number), as after `mv new name`; see fileNode. A racing lookup
 			// may have put it there already.
@@ -111,9 +109,6 @@ func (f *FS) newChild(ctx context.Context, parent *gofs.Inode, l loc, n engine.N
 	}
 	if fn, ok := ch.Operations().(*fileNode); ok {
 		fn.mu.Lock()
-		if reserve {
-			fn.reservedUntil = time.Now().Add(reserveFor)
-		}
 		if fn.ver.entry.IsZero() && !fn.local && !fn.pending {
 			fn.ver = storedVersion(l, n)
 		}

@@ -36,12 +36,6 @@ type fileNode struct {
 	// ver is the stored version this inode stands for (zero until known): set at
 	// lookup, moved on by what is committed through the inode.
 	ver version
-	// formerParent and formerName are where a peer's version took the inode off
-	// its name (see replacedBy); reservedUntil keeps it on its name for a writer's
-	// retried open (see FS.expectRetry).
-	formerParent  *gofs.Inode
-	formerName    string
-	reservedUntil time.Time
 }
 
 // version is one stored version of a key: the entry that set it, where it set
@@ -151,18 +145,14 @@ func (n *fileNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		}
 		return 0
 	}
-	// Only a path walk reaches an inode nobody has open; one taken off its name
-	// since (a peer's version, a delete) answers ESTALE, on which the kernel walks
-	// the path again (stat(2) and the other calls by path) and finds the name's
-	// new inode, or ENOENT.
 	l, errno := n.fsys.locate(n.EmbeddedInode())
 	if errno != 0 {
-		return stale(errno)
+		return errno
 	}
 	// A key deleted elsewhere (a peer, the CLI) is gone at once, also before its
 	// invalidation reaches the kernel.
 	if errno := n.checkStoredLocked(l); errno != 0 {
-		return stale(errno)
+		return errno
 	}
 	n.fsys.setAttr(&out.Attr, modeFile, n.ver.size, n.ver.mtime.UnixMilli())
 	return 0
@@ -222,17 +212,8 @@ func stale(errno syscall.Errno) syscall.Errno {
 	return errno
 }
 
-// expectRetryLocked tells the filesystem that the caller, about to get ESTALE
-// for this inode, will look its former name up again and retry.
-func (n *fileNode) expectRetryLocked(ctx context.Context) {
-	if n.formerParent != nil {
-		n.fsys.expectRetry(ctx, n.formerParent, n.formerName)
-	}
-}
-
 // replacedBy reports whether node, stored at l (the inode's place, name in
-// parent), is a version from elsewhere, and then takes the inode off the name
-// (unless reserve: a writer's retried lookup, see FS.expectRetry):
+// parent), is a version from elsewhere, and then takes the inode off the name:
 // the name needs a new inode (see fileNode). A file being written keeps its inode
 // (the writer's close commits over the change), and the same bytes under another
 // entry (the file, or a directory above it, was renamed) are the same file.
@@ -240,12 +221,9 @@ func (n *fileNode) expectRetryLocked(ctx context.Context) {
 // The decision and the detaching are one step under the node's lock: an open for
 // writing that comes meanwhile waits, then finds the file gone (ENOENT), rather
 // than getting an inode whose writes would have no place to go.
-func (n *fileNode) replacedBy(parent *gofs.Inode, name string, l loc, node engine.Node, reserve bool) bool {
+func (n *fileNode) replacedBy(parent *gofs.Inode, name string, l loc, node engine.Node) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if reserve {
-		n.reservedUntil = time.Now().Add(reserveFor)
-	}
 	if !n.supersededLocked(l, node) {
 		return false
 	}
@@ -254,13 +232,12 @@ func (n *fileNode) replacedBy(parent *gofs.Inode, name string, l loc, node engin
 		// numbers: lookups racing it then agree on one new inode.
 		parent.RmChild(name)
 		n.fsys.retire(parent, name)
-		n.formerParent, n.formerName = parent, name
 	}
 	return true
 }
 
 func (n *fileNode) supersededLocked(l loc, node engine.Node) bool {
-	if n.local || n.pending || (n.cur != nil && (n.cur.dirty || n.cur.writers > 0)) || time.Now().Before(n.reservedUntil) {
+	if n.local || n.pending || (n.cur != nil && (n.cur.dirty || n.cur.writers > 0)) {
 		return false
 	}
 	if n.ver.entry.IsZero() || n.ver.entry == node.Entry {
@@ -352,9 +329,6 @@ func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 			// truncate(2) on a file nobody has open: commit at once, as it returns.
 			l, errno := n.fsys.locate(n.EmbeddedInode())
 			if errno != 0 {
-				n.mu.Lock()
-				n.expectRetryLocked(ctx)
-				n.mu.Unlock()
 				return stale(errno)
 			}
 			if errno := n.fsys.writable(l); errno != 0 {
@@ -429,7 +403,6 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		case errno == syscall.ENOENT && write:
 			// A writer gets the name's new inode (stale), or, if the name is
 			// gone, ENOENT or a new file (O_CREAT), as on a local disk.
-			n.expectRetryLocked(ctx)
 			return nil, 0, stale(errno)
 		default:
 			return nil, 0, errno
@@ -445,8 +418,6 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	c.refs++
 	if write {
 		c.writers++
-		n.reservedUntil = time.Time{} // the writer holds it on its name now
-		n.fsys.retried(ctx)
 	}
 	n.fsys.track(n, true)
 	var fuseFlags uint32

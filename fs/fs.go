@@ -96,7 +96,6 @@ type FS struct {
 	unlinkedFlushed int
 	open            map[*fileNode]bool // nodes with content in memory
 	gens            map[genKey]uint32  // see childIno
-	retries         map[uint32]retry   // see expectRetry
 
 	panics atomic.Int64
 }
@@ -115,61 +114,6 @@ const panicMessage = "filesystem request panicked"
 // Panics is how many requests have panicked (and failed with EIO) so far.
 func (f *FS) Panics() int64 { return f.panics.Load() }
 
-// A writer's open, or truncate(2), that meets an inode a peer's version has just
-// taken off its name gets ESTALE, on which the kernel looks the name up again and
-// retries once, from the same thread. Between that lookup and the retry, another
-// process's lookup could take the new inode off the name too (a further version)
-// and the retry would fail as well. So the filesystem notes the thread and name
-// (expectRetry); the inode that thread's lookup of the name returns is kept on the
-// name (reserved, as an open writer keeps it) until the open arrives or
-// reserveFor passes.
-type retry struct {
-	parent *gofs.Inode
-	name   string
-	at     time.Time
-}
-
-const reserveFor = time.Second
-
-func (f *FS) expectRetry(ctx context.Context, parent *gofs.Inode, name string) {
-	caller, ok := fuse.FromContext(ctx)
-	if !ok {
-		return
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	now := time.Now()
-	for tid, r := range f.retries {
-		if now.Sub(r.at) > reserveFor {
-			delete(f.retries, tid)
-		}
-	}
-	f.retries[caller.Pid] = retry{parent: parent, name: name, at: now}
-}
-
-// retrying reports whether the caller is the thread expected to look name up in
-// parent for its retry (see expectRetry). It may look it up twice: the kernel's
-// revalidation of the old entry, then, the inode being another, a fresh lookup.
-func (f *FS) retrying(ctx context.Context, parent *gofs.Inode, name string) bool {
-	caller, ok := fuse.FromContext(ctx)
-	if !ok {
-		return false
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	r, ok := f.retries[caller.Pid]
-	return ok && r.parent == parent && r.name == name && time.Since(r.at) <= reserveFor
-}
-
-// retried forgets the caller's expected retry: its open has arrived.
-func (f *FS) retried(ctx context.Context) {
-	if caller, ok := fuse.FromContext(ctx); ok {
-		f.mu.Lock()
-		delete(f.retries, caller.Pid)
-		f.mu.Unlock()
-	}
-}
-
 // originFS tags the commits made by the filesystem, whose kernel caches are
 // already right.
 const originFS = "fs"
@@ -185,7 +129,7 @@ func Mount(dir string, o Options) (*FS, error) {
 		o.MaxValue = 64 << 20
 	}
 	f := &FS{inst: o.Instance, opts: o, uid: uint32(syscall.Getuid()), gid: uint32(syscall.Getgid()),
-		hidden: map[string]*hiddenKey{}, gens: map[genKey]uint32{}, retries: map[uint32]retry{}, open: map[*fileNode]bool{}, done: make(chan struct{})}
+		hidden: map[string]*hiddenKey{}, gens: map[genKey]uint32{}, open: map[*fileNode]bool{}, done: make(chan struct{})}
 	f.root = &rootNode{fsys: f}
 	f.ctl = &ctlFile{fsys: f}
 	entry, attr := o.EntryTimeout, o.AttrTimeout
