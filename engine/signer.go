@@ -11,7 +11,7 @@ import (
 
 // An ed25519 signature (R, S) is R = rB and S = r + H(R, A, M)·a for a secret nonce
 // r. Verification holds for any r; RFC 8032 derives r from the key and the
-// message, which puts the scalar multiplication rB, three quarters of the cost of
+// message, which puts the scalar multiplication rB, nearly all of the cost of
 // signing, on the committer's path. A nonceSigner instead draws r at random ahead
 // of time, on another core, while the instance is idle or busy elsewhere, and a
 // signature costs one SHA-512 and a scalar multiply-add. Each nonce is taken from a
@@ -89,14 +89,7 @@ func (s *nonceSigner) Sign(msg []byte) []byte {
 	default:
 		return s.id.Sign(msg)
 	}
-	h := sha512.New()
-	h.Write(n.R[:])
-	h.Write(s.id.pub[:])
-	h.Write(msg)
-	k, err := new(edwards25519.Scalar).SetUniformBytes(h.Sum(nil))
-	if err != nil {
-		panic(err)
-	}
+	k := challenge(n.R[:], &s.id.pub, msg)
 	sig := make([]byte, 0, ed25519.SignatureSize)
 	sig = append(sig, n.R[:]...)
 	return append(sig, new(edwards25519.Scalar).MultiplyAdd(k, s.a, n.r).Bytes()...)

@@ -74,13 +74,22 @@ func (j *sigJob) parse(keys keyCache) (parsedSig, bool) {
 	if err != nil {
 		return parsedSig{}, false
 	}
+	return parsedSig{s: s, k: challenge(j.sig[:32], j.pub, j.msg), r: r, a: a}, true
+}
+
+// challenge is ed25519's k = SHA-512(R || A || M) modulo the group order, which
+// signing (nonceSigner) and checking must compute alike.
+func challenge(r []byte, pub *PublicKey, msg []byte) *edwards25519.Scalar {
 	h := sha512.New()
-	h.Write(j.sig[:32])
-	h.Write(j.pub[:])
-	h.Write(j.msg)
+	h.Write(r)
+	h.Write(pub[:])
+	h.Write(msg)
 	var digest [64]byte
-	k, _ := new(edwards25519.Scalar).SetUniformBytes(h.Sum(digest[:0]))
-	return parsedSig{s: s, k: k, r: r, a: a}, true
+	k, err := new(edwards25519.Scalar).SetUniformBytes(h.Sum(digest[:0]))
+	if err != nil {
+		panic(err) // 64 bytes always fit
+	}
+	return k
 }
 
 // check verifies one parsed signature: [8]([s]B - [k]A - R) is the identity.
