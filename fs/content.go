@@ -229,22 +229,32 @@ func (c *content) loadBlob(fsys *FS) (done bool, errno syscall.Errno) {
 // readBlob reads an unloaded blob version's bytes at off from its blob file;
 // false when it cannot (then the value is loaded, which reports what is wrong).
 func (c *content) readBlob(fsys *FS, dest []byte, off int64) (int, bool) {
-	if c.file == nil {
-		p := fsys.inst.BlobPath(c.blob)
-		if p == "" {
-			return 0, false
-		}
-		f, err := os.Open(p)
-		if err != nil {
-			return 0, false
-		}
-		c.file = f
+	if !c.openBlob(fsys) {
+		return 0, false
 	}
 	k, err := c.file.ReadAt(dest, off)
 	if err != nil && err != io.EOF {
 		return 0, false
 	}
 	return k, true
+}
+
+// openBlob opens the version's blob file as c.file, if it is not open yet;
+// false when there is none to open.
+func (c *content) openBlob(fsys *FS) bool {
+	if c.file != nil {
+		return true
+	}
+	p := fsys.inst.BlobPath(c.blob)
+	if p == "" {
+		return false
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return false
+	}
+	c.file = f
+	return true
 }
 
 // equal reports whether the bytes are b.

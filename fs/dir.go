@@ -105,6 +105,9 @@ func (f *FS) newChild(ctx context.Context, parent *gofs.Inode, l loc, n engine.N
 	if ch == nil || ch.StableAttr().Mode != st.Mode {
 		// The node already here (say, one that was renamed here and still carries
 		// its old number) is the one the kernel and open files know: keep it.
+		if fn, ok := ops.(*fileNode); ok {
+			fn.noPass = f.writerComing(parent, name)
+		}
 		ch = parent.NewInode(ctx, ops, st)
 	}
 	if fn, ok := ch.Operations().(*fileNode); ok {

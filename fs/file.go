@@ -36,6 +36,14 @@ type fileNode struct {
 	// ver is the stored version this inode stands for (zero until known): set at
 	// lookup, moved on by what is committed through the inode.
 	ver version
+	// Open descriptors by how the kernel serves them: passOpen read the version's
+	// blob file directly (passthrough), cacheOpen go through this process and
+	// the inode's page cache. The kernel refuses to mix the two on one inode, so
+	// an open takes the mode of those already open (see Open).
+	passOpen, cacheOpen int
+	// noPass keeps a new inode's readers off passthrough until its writer, whose
+	// open made it, has opened it (see detachForWriterLocked).
+	noPass bool
 }
 
 // version is one stored version of a key: the entry that set it, where it set
@@ -102,6 +110,30 @@ type handle struct {
 	flushes int
 }
 
+// passHandle is a read-only descriptor of a stored large value whose reads the
+// kernel serves from the blob file itself (FUSE passthrough): they never reach
+// this process. go-fuse registers fd with the kernel when the inode has no
+// backing file yet, and gives every later passHandle of the inode the same one.
+type passHandle struct {
+	*handle
+	fd int
+}
+
+func (p *passHandle) PassthroughFd() (int, bool) { return p.fd, true }
+
+var _ = (gofs.FilePassthroughFder)((*passHandle)(nil))
+
+// handleOf is the handle behind a descriptor of a file, nil for none.
+func handleOf(f gofs.FileHandle) *handle {
+	switch h := f.(type) {
+	case *handle:
+		return h
+	case *passHandle:
+		return h.handle
+	}
+	return nil
+}
+
 // inMemoryLocked reports whether the node's truth is its content, not the engine.
 func (n *fileNode) inMemoryLocked() bool {
 	return n.local || n.pending || (n.cur != nil && n.cur.dirty)
@@ -129,7 +161,7 @@ func (n *fileNode) attrFromContent(c *content, out *fuse.Attr) {
 func (n *fileNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	_, parent := n.Parent()
 	orphan := parent == nil // unlinked or replaced, still open
-	h, _ := f.(*handle)
+	h := handleOf(f)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	c := n.cur
@@ -299,8 +331,15 @@ func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 			return syscall.EFBIG
 		}
 		n.mu.Lock()
+		if n.passOpen > 0 {
+			// truncate(2) of a file whose readers read its blob file (a descriptor
+			// that could ftruncate would be a writer's, and none is open).
+			errno := n.detachForWriterLocked()
+			n.mu.Unlock()
+			return errno
+		}
 		c := n.cur
-		if h, ok := f.(*handle); ok {
+		if h := handleOf(f); h != nil {
 			// ftruncate(2) counts as a write. open(O_TRUNC) arrives as a setattr
 			// without a file handle: the kernel sends it so (fuse_do_setattr, ATTR_OPEN).
 			c = h.c
@@ -372,6 +411,16 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if write && n.passOpen > 0 {
+		// Readers read this version's blob file directly, and the kernel would
+		// give every later open of the inode that file too: a writer gets a new
+		// inode for the name (see detachForWriterLocked), as `sed -i` gives one;
+		// those readers go on reading the version they opened.
+		return nil, 0, n.detachForWriterLocked()
+	}
+	if write {
+		n.noPass = false
+	}
 	if !n.local && (write || n.cur == nil) {
 		l, errno := n.fsys.locate(n.EmbeddedInode())
 		switch {
@@ -420,6 +469,17 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		c.writers++
 	}
 	n.fsys.track(n, true)
+	h := &handle{c: c, append: flags&syscall.O_APPEND != 0, write: write}
+	if !write && (n.passOpen > 0 || n.passableLocked(c)) {
+		// fd is used only when the inode has no backing file yet (passOpen 0).
+		n.passOpen++
+		fd := -1
+		if c.file != nil {
+			fd = int(c.file.Fd())
+		}
+		return &passHandle{handle: h, fd: fd}, 0, 0
+	}
+	n.cacheOpen++
 	var fuseFlags uint32
 	if !c.dirty && !n.local && !n.pending && !c.version.IsZero() {
 		if c.version == n.kernelVersion {
@@ -429,11 +489,45 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	} else {
 		n.kernelVersion = engine.ID{}
 	}
-	return &handle{c: c, append: flags&syscall.O_APPEND != 0, write: write}, fuseFlags, 0
+	return h, fuseFlags, 0
+}
+
+// passableLocked reports whether readers of c may read its blob file directly
+// (FUSE passthrough; see passHandle): c is a stored version kept as a blob,
+// nothing wrote to it, and no descriptor of the inode is in the page cache's
+// mode. It opens the blob file (c.file) for that.
+func (n *fileNode) passableLocked(c *content) bool {
+	if !n.fsys.passthrough.Load() || n.noPass || n.cacheOpen > 0 || n.local || n.pending ||
+		c.dirty || c.writers > 0 || len(c.blob) == 0 {
+		return false
+	}
+	return c.openBlob(n.fsys)
+}
+
+// detachForWriterLocked takes a file that passes reads through off its name for a
+// writer, and returns ESTALE: the kernel looks the name up again, which gives it
+// a new inode, and retries the call once. The new inode's readers stay in the
+// page cache's mode until the writer has opened it, so the retry does not meet
+// readers again. A file only here (an editor's backup) has nothing to give a new
+// inode from: its writer gets ETXTBSY, as a running program's file would.
+func (n *fileNode) detachForWriterLocked() syscall.Errno {
+	if n.local || n.pending {
+		return syscall.ETXTBSY
+	}
+	name, parent := n.Parent()
+	if parent == nil || parent.GetChild(name) != n.EmbeddedInode() {
+		return syscall.ESTALE // off its name already: the lookup finds the name's file
+	}
+	parent.RmChild(name)
+	n.fsys.retire(parent, name)
+	n.fsys.mu.Lock()
+	n.fsys.writerNext[genKey{parent.StableAttr().Ino, name}] = true
+	n.fsys.mu.Unlock()
+	return syscall.ESTALE
 }
 
 func (n *fileNode) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	h := f.(*handle)
+	h := handleOf(f)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if !h.c.loaded && len(h.c.blob) > 0 {
@@ -452,7 +546,7 @@ func (n *fileNode) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off
 }
 
 func (n *fileNode) Write(ctx context.Context, f gofs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	h := f.(*handle)
+	h := handleOf(f)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	c := h.c
@@ -484,7 +578,7 @@ func (n *fileNode) Write(ctx context.Context, f gofs.FileHandle, data []byte, of
 // twice too); a file closed once without a write commits at release, milliseconds
 // later.
 func (n *fileNode) Flush(ctx context.Context, f gofs.FileHandle) syscall.Errno {
-	h := f.(*handle)
+	h := handleOf(f)
 	h.flushes++
 	if !h.write || (!h.wrote && h.flushes == 1) {
 		// A reader's close commits nothing, not even what a writer sharing the
@@ -497,7 +591,7 @@ func (n *fileNode) Flush(ctx context.Context, f gofs.FileHandle) syscall.Errno {
 // Fsync commits what was written and makes it durable, with everything committed
 // before: also content a close committed already (write, close, open, fsync).
 func (n *fileNode) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) syscall.Errno {
-	if h, ok := f.(*handle); ok {
+	if h := handleOf(f); h != nil {
 		if errno := n.commitContent(h.c, engine.Journal); errno != 0 {
 			return errno
 		}
@@ -506,12 +600,17 @@ func (n *fileNode) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) s
 }
 
 func (n *fileNode) Release(ctx context.Context, f gofs.FileHandle) syscall.Errno {
-	h := f.(*handle)
+	h := handleOf(f)
 	if h.write {
 		n.commitContent(h.c, engine.Journal) // creations and truncations without writes
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if _, ok := f.(*passHandle); ok {
+		n.passOpen--
+	} else {
+		n.cacheOpen--
+	}
 	h.c.refs--
 	if h.write {
 		h.c.writers--

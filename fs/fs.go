@@ -41,6 +41,9 @@ type Options struct {
 	StatfsDir string
 	// Debug logs every FUSE request.
 	Debug bool
+	// NoPassthrough keeps every read in this process, also where the kernel could
+	// read large files' blob files directly (see passHandle).
+	NoPassthrough bool
 	// Sync, if set, provides the sync views of <mnt>/.sync/.
 	Sync SyncViews
 	// Observe, if set, is told of FUSE requests (metrics).
@@ -78,14 +81,17 @@ type FS struct {
 	root     *rootNode
 	ctl      *ctlFile // one node, so every open sees the last command's outcome
 	server   *fuse.Server
-	sub      *engine.Subscription
-	done     chan struct{}
+	// passthrough: the kernel serves reads of large stored files from their
+	// blob files (probePassthrough).
+	passthrough atomic.Bool
+	sub         *engine.Subscription
+	done        chan struct{}
 	// remote counts the changes from elsewhere that invalidateLoop has begun to
 	// deliver to the kernel; see recheckLookup.
 	remote atomic.Uint64
 
 	hideMu sync.Mutex // serialises hidden deletes with unhide; taken before mu
-	mu     sync.Mutex // guards hidden, unlink*, open, gens and opts.LocalOnly
+	mu     sync.Mutex // guards hidden, unlink*, open, gens, writerNext and opts.LocalOnly
 	hidden map[string]*hiddenKey
 	// unlinkGen counts unlinks; unlinkTimer, if set, will flush them. unlinked
 	// are the keys hidden for unlinks, in order, the first unlinkedFlushed of
@@ -96,6 +102,7 @@ type FS struct {
 	unlinkedFlushed int
 	open            map[*fileNode]bool // nodes with content in memory
 	gens            map[genKey]uint32  // see childIno
+	writerNext      map[genKey]bool    // see detachForWriterLocked
 
 	panics atomic.Int64
 }
@@ -129,7 +136,7 @@ func Mount(dir string, o Options) (*FS, error) {
 		o.MaxValue = 64 << 20
 	}
 	f := &FS{inst: o.Instance, opts: o, uid: uint32(syscall.Getuid()), gid: uint32(syscall.Getgid()),
-		hidden: map[string]*hiddenKey{}, gens: map[genKey]uint32{}, open: map[*fileNode]bool{}, done: make(chan struct{})}
+		hidden: map[string]*hiddenKey{}, gens: map[genKey]uint32{}, writerNext: map[genKey]bool{}, open: map[*fileNode]bool{}, done: make(chan struct{})}
 	f.root = &rootNode{fsys: f}
 	f.ctl = &ctlFile{fsys: f}
 	entry, attr := o.EntryTimeout, o.AttrTimeout
@@ -181,10 +188,35 @@ func Mount(dir string, o Options) (*FS, error) {
 		return nil, err
 	}
 	f.server = server
+	f.passthrough.Store(f.probePassthrough())
 	f.sub = f.inst.Subscribe()
 	go f.invalidateLoop()
 	return f, nil
 }
+
+// probePassthrough reports whether the kernel lets this mount hand it files to
+// serve reads from (FUSE passthrough: Linux 6.9 or later, and CAP_SYS_ADMIN):
+// it registers a spill file as a backing file and takes it back.
+func (f *FS) probePassthrough() bool {
+	if f.opts.NoPassthrough {
+		return false
+	}
+	file, err := f.inst.SpillFile()
+	if err != nil || file == nil {
+		return false // blobs in memory: no files to pass through to
+	}
+	defer file.Close()
+	id, errno := f.server.RegisterBackingFd(&fuse.BackingMap{Fd: int32(file.Fd())})
+	if errno != 0 {
+		return false
+	}
+	f.server.UnregisterBackingFd(id)
+	return true
+}
+
+// Passthrough reports whether readers of large files read their blob files
+// directly (see passHandle).
+func (f *FS) Passthrough() bool { return f.passthrough.Load() }
 
 // Wait blocks until the filesystem is unmounted.
 func (f *FS) Wait() { f.server.Wait() }
@@ -301,6 +333,19 @@ func (f *FS) retire(parent *gofs.Inode, name string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.gens[genKey{parent.StableAttr().Ino, name}]++
+}
+
+// writerComing reports (once) whether name in parent was taken from its inode
+// for a writer, whose open is about to reach the name's next inode.
+func (f *FS) writerComing(parent *gofs.Inode, name string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k := genKey{parent.StableAttr().Ino, name}
+	if !f.writerNext[k] {
+		return false
+	}
+	delete(f.writerNext, k)
+	return true
 }
 
 // toErrno maps engine errors to errnos: the one place that does.
