@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# bench/fs.sh — compare native disk, go-fuse's loopback example and (when it
-# builds and mounts) eidefs in a single fsbench run.
+# bench/fs.sh — compare native disk, go-fuse's loopback example (and the same
+# without FUSE passthrough) and (when it builds and mounts) eidefs in a single
+# fsbench run.
 #
 # Usage: bash bench/fs.sh [OUTPUT_FILE]        (default: bench/results-fs.txt)
 #
@@ -9,6 +10,7 @@
 #   BENCH_TMPDIR   parent for the scratch directory (default /tmp); native
 #                  and loopback targets both live there, so they share a disk
 #   MEMCHECK=0     skip printing the RSS of the FUSE server processes
+#   NOPASS=0       skip the lb-nopass column (loopback without passthrough)
 #
 # Everything is mounted under one scratch directory; an EXIT trap unmounts
 # it all and kills the servers, also on failure or Ctrl-C.
@@ -136,7 +138,27 @@ else
 	LB_PID=""
 fi
 
-# 3. eidefs, if ./cmd/eidefs builds and its mount command works.
+# 3. The same loopback with FUSE passthrough declined (bench/lbnopass): every
+#    read and write goes through its process, the path eidefs's writes take.
+#    Skipped with NOPASS=0.
+NP_PID=""
+if [[ ${NOPASS:-1} != 0 ]]; then
+	go build -o "$TMP/lbnopass" ./bench/lbnopass
+	mkdir -p "$TMP/np-src" "$TMP/np-mnt"
+	"$TMP/lbnopass" "${DIRECT[@]}" "$TMP/np-mnt" "$TMP/np-src" >"$TMP/lbnopass.log" 2>&1 &
+	NP_PID=$!
+	PIDS+=("$NP_PID")
+	MOUNTS+=("$TMP/np-mnt")
+	if wait_mount "$TMP/np-mnt" "$NP_PID" 10; then
+		TARGETS+=(-target "lb-nopass=$TMP/np-mnt")
+	else
+		note "lb-nopass: did not mount within 10 s; skipped."
+		cat "$TMP/lbnopass.log" >&2
+		NP_PID=""
+	fi
+fi
+
+# 4. eidefs, if ./cmd/eidefs builds and its mount command works.
 if [[ -d cmd/eidefs ]] && go build -o "$TMP/eidefs" ./cmd/eidefs 2>"$TMP/eidefs-build.log"; then
 	mkdir -p "$TMP/data" "$TMP/eide"
 	"$TMP/eidefs" --data "$TMP/data" init >"$TMP/eidefs-init.log" 2>&1 || true
@@ -179,6 +201,7 @@ run_all() {
 	if [[ ${MEMCHECK:-1} != 0 ]]; then
 		echo "Memory after the runs (VmRSS = current, VmHWM = peak):"
 		rss_of loopback "$LB_PID"
+		if [[ -n $NP_PID ]]; then rss_of lb-nopass "$NP_PID"; fi
 		if [[ -n $EIDE_PID ]]; then rss_of eidefs "$EIDE_PID"; fi
 	fi
 }
