@@ -2,7 +2,6 @@ package fs
 
 import (
 	"bytes"
-	"hash"
 	"io"
 	"os"
 	"syscall"
@@ -27,10 +26,10 @@ type content struct {
 	spill  *os.File // or the file holding them
 	size   int64    // their length, while in spill
 	shared bool     // spill may have become a blob file (setValue): copy before writing
-	// sum is the blob hash of the spilled bytes, kept up to date while writes only
-	// append (cp, dd, a download): the commit then does not read them again. nil
-	// once a write lands elsewhere; the commit hashes the file.
-	sum     hash.Hash
+	// sum hashes the spilled bytes while writes only append (cp, dd, a
+	// download): the commit then does not read them again. nil once a write
+	// lands elsewhere; the commit hashes the file.
+	sum     *appendHasher
 	loaded  bool      // the bytes hold the value (it is read on first use, not at open)
 	version engine.ID // the entry that set the value loaded or to be loaded
 	store   string    // where version set it: the value is read from there
@@ -98,8 +97,7 @@ func (c *content) spillFor(fsys *FS, size int64) syscall.Errno {
 		f.Close()
 		return toErrno(err)
 	}
-	c.sum = engine.NewBlobHasher()
-	c.sum.Write(c.data)
+	c.sum = newAppendHasher(c.data)
 	c.spill, c.size, c.data = f, int64(len(c.data)), nil
 	return 0
 }
@@ -122,6 +120,9 @@ func (c *content) unshare(fsys *FS) syscall.Errno {
 	if err != nil {
 		return toErrno(err)
 	}
+	if c.sum != nil {
+		c.sum.wait() // it may be reading the old file: the same bytes
+	}
 	c.spill.Close()
 	c.spill, c.shared = f, false
 	return 0
@@ -141,7 +142,7 @@ func (c *content) writeAt(fsys *FS, data []byte, off int64) syscall.Errno {
 			return toErrno(err)
 		}
 		if c.sum != nil && off == c.size {
-			c.sum.Write(data)
+			c.sum.extend(c.spill, end)
 		} else {
 			c.sum = nil
 		}
@@ -190,7 +191,7 @@ func (c *content) truncate(fsys *FS, sz int64) syscall.Errno {
 	}
 	if c.sum != nil {
 		if sz == 0 {
-			c.sum.Reset() // empty again: appends can be hashed from the start
+			c.sum.reset() // empty again: appends can be hashed from the start
 		} else {
 			c.sum = nil
 		}
@@ -303,12 +304,18 @@ func (c *content) compare(r io.Reader) bool {
 	}
 }
 
+// hashed returns the blob hash of the spilled bytes if appendHasher has it.
+func (c *content) hashed() ([32]byte, bool) {
+	if c.sum == nil {
+		return [32]byte{}, false
+	}
+	return c.sum.sum(c.size)
+}
+
 // setValue stages the bytes as the value at path.
 func (c *content) setValue(s *engine.StoreTx, path []string) {
 	if c.spill != nil {
-		if c.sum != nil {
-			var sum [32]byte
-			c.sum.Sum(sum[:0])
+		if sum, ok := c.hashed(); ok {
 			s.SetPathFileHashed(path, c.spill, c.size, sum)
 		} else {
 			s.SetPathFile(path, c.spill, c.size)
