@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -218,4 +220,40 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return min(len(a), len(b))
+}
+
+// TestLargeFilesPassthroughSetting: with `passthrough` on (the default), on a
+// kernel with FUSE passthrough (Linux 6.9 and later), the mount says it passes
+// reads through, and a reader that had a large file open before `>>` keeps
+// reading the version it opened while everyone else sees the append; with
+// `passthrough = false` the mount says so and that reader sees the append too,
+// as on a local disk.
+func TestLargeFilesPassthroughSetting(t *testing.T) {
+	var major, minor int
+	rel := mustSh(t, "/", "uname -r")
+	if _, err := fmt.Sscanf(rel, "%d.%d", &major, &minor); err != nil {
+		t.Fatalf("uname -r: %q: %v", rel, err)
+	}
+	kernelHas := major > 6 || major == 6 && minor >= 9
+	for _, on := range []bool{true, false} {
+		m := mount(t, mountOpts{Config: map[string]string{"passthrough": fmt.Sprint(on)}})
+		dir := newStore(t, m, "notes", "files")
+		pass := on && kernelHas
+		if said := fmt.Sprintf("passthrough=%v", pass); !strings.Contains(m.output.String(), said) {
+			t.Errorf("passthrough = %v on Linux %s: the mount's log does not say %s:\n%s", on, strings.TrimSpace(rel), said, m.output)
+		}
+		got := strings.Fields(mustSh(t, dir, `head -c 300000 /dev/urandom > f
+exec 3< f
+echo appended >> f
+wc -c < f
+wc -c <&3`))
+		want := []string{"300009", "300009"}
+		if pass {
+			want[1] = "300000"
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("passthrough = %v: the file and the reader opened before >> have %v bytes, want %v", on, got, want)
+		}
+		m.Stop(t)
+	}
 }

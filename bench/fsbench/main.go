@@ -373,7 +373,7 @@ func runBig(targets targetList, cfg config) []row {
 	for k := range chunk {
 		chunk[k] = byte(k*7 + k>>8) // non-zero, not trivially compressible
 	}
-	res := rounds(targets, "big", cfg.runs, 2, errs, func(i, rep int) ([]time.Duration, error) {
+	res := rounds(targets, "big", cfg.runs, 3, errs, func(i, rep int) ([]time.Duration, error) {
 		p := filepath.Join(dirs[i], fmt.Sprintf("big%d", rep))
 
 		// Each run writes different bytes, so a store that keeps values by content
@@ -396,34 +396,43 @@ func runBig(targets targetList, cfg config) []row {
 		}
 		t1 := time.Now()
 
-		f, err = os.Open(p)
-		if err != nil {
-			return nil, fmt.Errorf("open: %w", err)
-		}
 		buf := make([]byte, chunkSize)
-		var total int64
-		for {
-			n, err := f.Read(buf)
-			total += int64(n)
-			if err == io.EOF {
-				break
-			}
+		readAll := func() error {
+			f, err := os.Open(p)
 			if err != nil {
-				f.Close()
-				return nil, fmt.Errorf("read: %w", err)
+				return fmt.Errorf("open: %w", err)
 			}
+			defer f.Close()
+			var total int64
+			for {
+				n, err := f.Read(buf)
+				total += int64(n)
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					return fmt.Errorf("read: %w", err)
+				}
+			}
+			if total != cfg.bigSize {
+				return fmt.Errorf("read back %d bytes, want %d", total, cfg.bigSize)
+			}
+			return nil
 		}
-		f.Close()
+		if err := readAll(); err != nil {
+			return nil, err
+		}
 		t2 := time.Now()
-		if total != cfg.bigSize {
-			return nil, fmt.Errorf("read back %d bytes, want %d", total, cfg.bigSize)
+		if err := readAll(); err != nil {
+			return nil, err
 		}
+		t3 := time.Now()
 		if err := os.Remove(p); err != nil {
 			return nil, fmt.Errorf("delete: %w", err)
 		}
-		return []time.Duration{t1.Sub(t0), t2.Sub(t1)}, nil
+		return []time.Duration{t1.Sub(t0), t2.Sub(t1), t3.Sub(t2)}, nil
 	})
-	return []row{{"big-write", res[0]}, {"big-read", res[1]}}
+	return []row{{"big-write", res[0]}, {"big-read", res[1]}, {"big-reread", res[2]}}
 }
 
 // populate creates n small files in dir (untimed setup for ls and grep).

@@ -23,6 +23,8 @@ type Config struct {
 	LogFormat string   `toml:"log_format"` // text or json
 	MaxValue  string   `toml:"max_value"`
 	LocalOnly []string `toml:"local_only"`
+	// Passthrough lets the kernel read large stored files from their blob files.
+	Passthrough bool `toml:"passthrough"`
 	// MetricsAddr, if set, serves Prometheus metrics at http://MetricsAddr/metrics.
 	MetricsAddr string `toml:"metrics_addr"`
 
@@ -71,7 +73,7 @@ var defaultLocalOnly = []string{
 
 func defaultConfig() Config {
 	host, _ := os.Hostname()
-	c := Config{Name: host, LogLevel: "info", LogFormat: "text", MaxValue: "64MiB", LocalOnly: defaultLocalOnly}
+	c := Config{Name: host, LogLevel: "info", LogFormat: "text", MaxValue: "64MiB", LocalOnly: defaultLocalOnly, Passthrough: true}
 	c.Cache.Entry.Duration = time.Second
 	c.Cache.Attr.Duration = time.Second
 	c.Sync.Periodic.Duration = 5 * time.Minute

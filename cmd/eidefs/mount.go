@@ -51,22 +51,23 @@ func newMountCmd(g *globals) *cobra.Command {
 			defer stop()
 			maxValue, _ := parseSize(n.cfg.MaxValue)
 			fsys, err := fs.Mount(dir, fs.Options{
-				Instance:     n.inst,
-				MaxValue:     maxValue,
-				LocalOnly:    n.cfg.LocalOnly,
-				EntryTimeout: n.cfg.Cache.Entry.Duration,
-				AttrTimeout:  n.cfg.Cache.Attr.Duration,
-				StatfsDir:    n.dir,
-				Debug:        debug,
-				Sync:         syncViews{n: n, started: time.Now()},
-				Observe:      n.observe,
+				Instance:      n.inst,
+				MaxValue:      maxValue,
+				LocalOnly:     n.cfg.LocalOnly,
+				NoPassthrough: !n.cfg.Passthrough,
+				EntryTimeout:  n.cfg.Cache.Entry.Duration,
+				AttrTimeout:   n.cfg.Cache.Attr.Duration,
+				StatfsDir:     n.dir,
+				Debug:         debug,
+				Sync:          syncViews{n: n, started: time.Now()},
+				Observe:       n.observe,
 			})
 			if err != nil {
 				return fmt.Errorf("mounting %s: %w", dir, err)
 			}
 			stopWatch := watchConfig(n, log, fsys)
 			defer stopWatch()
-			log.Info("mounted", "dir", dir, "data", n.dir, "key", n.inst.Identity().Public().String(), "listen", strings.Join(n.sync.Addrs(), ","))
+			log.Info("mounted", "dir", dir, "data", n.dir, "key", n.inst.Identity().Public().String(), "listen", strings.Join(n.sync.Addrs(), ","), "passthrough", fsys.Passthrough())
 
 			// `eidefs umount DIR`, run through the control socket, ends the mount as
 			// a signal does.
