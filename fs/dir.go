@@ -369,6 +369,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	defer fn.mu.Unlock()
 	c := &content{loaded: true, dirty: !local, mtime: nowMs(), refs: 1, writers: 1}
 	fn.cur, fn.local, fn.pending = c, local, !local
+	fn.cacheOpen++ // a writer: in the page cache's mode (see fileNode.Open)
 	d.fsys.track(fn, true)
 	fn.attrFromContent(c, &out.Attr)
 	return ch, &handle{c: c, append: flags&syscall.O_APPEND != 0, write: true}, 0, 0

@@ -188,6 +188,30 @@ func testLargeReads(t *testing.T, noPass bool) {
 		t.Fatal(err)
 	}
 
+	// A reader in the page cache's mode that outlives the writer it opened
+	// beside: readers opening after it must join its mode (the kernel refuses to
+	// mix them: EIO).
+	fresh := filepath.Join(mnt, "d", "s", "fresh")
+	if err := os.WriteFile(fresh, orig, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w, err := os.OpenFile(fresh, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cached, err := os.Open(fresh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(tail); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if got, err := os.ReadFile(fresh); err != nil || !bytes.Equal(got, appended) {
+		t.Errorf("reading a file while a reader opened beside its writer is open: %d bytes, %v; want %d", len(got), err, len(appended))
+	}
+	cached.Close()
+
 	// mmap.
 	m, err := os.Open(path)
 	if err != nil {
