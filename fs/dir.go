@@ -106,7 +106,9 @@ func (f *FS) newChild(ctx context.Context, parent *gofs.Inode, l loc, n engine.N
 		// The node already here (say, one that was renamed here and still carries
 		// its old number) is the one the kernel and open files know: keep it.
 		if fn, ok := ops.(*fileNode); ok {
-			fn.noPass = f.writerComing(parent, name)
+			if f.refusesPass(parent, name, st.Ino) {
+				fn.noPassUntil = time.Now().Add(passQuiet)
+			}
 		}
 		ch = parent.NewInode(ctx, ops, st)
 	}

@@ -41,9 +41,10 @@ type fileNode struct {
 	// the inode's page cache. The kernel refuses to mix the two on one inode, so
 	// an open takes the mode of those already open (see Open).
 	passOpen, cacheOpen int
-	// noPass keeps a new inode's readers off passthrough until its writer, whose
-	// open made it, has opened it (see detachForWriterLocked).
-	noPass bool
+	// noPassUntil keeps the inode's readers off passthrough until then, and for a
+	// second after each close: it was made for a writer that met readers passing
+	// through (see detachForWriterLocked). Zero for other inodes.
+	noPassUntil time.Time
 }
 
 // version is one stored version of a key: the entry that set it, where it set
@@ -418,9 +419,6 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		// those readers go on reading the version they opened.
 		return nil, 0, n.detachForWriterLocked()
 	}
-	if write {
-		n.noPass = false
-	}
 	if !n.local && (write || n.cur == nil) {
 		l, errno := n.fsys.locate(n.EmbeddedInode())
 		switch {
@@ -492,12 +490,16 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	return h, fuseFlags, 0
 }
 
+// passQuiet is how long an inode made for a writer that met readers passing
+// through keeps its readers in the page cache's mode after its last close.
+const passQuiet = time.Second
+
 // passableLocked reports whether readers of c may read its blob file directly
 // (FUSE passthrough; see passHandle): c is a stored version kept as a blob,
 // nothing wrote to it, and no descriptor of the inode is in the page cache's
 // mode. It opens the blob file (c.file) for that.
 func (n *fileNode) passableLocked(c *content) bool {
-	if !n.fsys.passthrough.Load() || n.noPass || n.cacheOpen > 0 || n.local || n.pending ||
+	if !n.fsys.passthrough.Load() || time.Now().Before(n.noPassUntil) || n.cacheOpen > 0 || n.local || n.pending ||
 		c.dirty || c.writers > 0 || len(c.blob) == 0 {
 		return false
 	}
@@ -507,9 +509,11 @@ func (n *fileNode) passableLocked(c *content) bool {
 // detachForWriterLocked takes a file that passes reads through off its name for a
 // writer, and returns ESTALE: the kernel looks the name up again, which gives it
 // a new inode, and retries the call once. The new inode's readers stay in the
-// page cache's mode until the writer has opened it, so the retry does not meet
-// readers again. A file only here (an editor's backup) has nothing to give a new
-// inode from: its writer gets ETXTBSY, as a running program's file would.
+// page cache's mode while it is in use and for passQuiet after (noPassUntil), so
+// that retry, nor another writer's, meets readers passing through again: a file
+// written while it is being read is read through the mount until it has been
+// left alone a moment. A file only here (an editor's backup) has nothing to give
+// a new inode from: its writer gets ETXTBSY, as a running program's file would.
 func (n *fileNode) detachForWriterLocked() syscall.Errno {
 	if n.local || n.pending {
 		return syscall.ETXTBSY
@@ -520,9 +524,7 @@ func (n *fileNode) detachForWriterLocked() syscall.Errno {
 	}
 	parent.RmChild(name)
 	n.fsys.retire(parent, name)
-	n.fsys.mu.Lock()
-	n.fsys.writerNext[genKey{parent.StableAttr().Ino, name}] = true
-	n.fsys.mu.Unlock()
+	n.fsys.refusePass(parent, name)
 	return syscall.ESTALE
 }
 
@@ -610,6 +612,9 @@ func (n *fileNode) Release(ctx context.Context, f gofs.FileHandle) syscall.Errno
 		n.passOpen--
 	} else {
 		n.cacheOpen--
+	}
+	if !n.noPassUntil.IsZero() {
+		n.noPassUntil = time.Now().Add(passQuiet)
 	}
 	h.c.refs--
 	if h.write {

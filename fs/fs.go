@@ -91,7 +91,7 @@ type FS struct {
 	remote atomic.Uint64
 
 	hideMu sync.Mutex // serialises hidden deletes with unhide; taken before mu
-	mu     sync.Mutex // guards hidden, unlink*, open, gens, writerNext and opts.LocalOnly
+	mu     sync.Mutex // guards hidden, unlink*, open, gens, noPassIno and opts.LocalOnly
 	hidden map[string]*hiddenKey
 	// unlinkGen counts unlinks; unlinkTimer, if set, will flush them. unlinked
 	// are the keys hidden for unlinks, in order, the first unlinkedFlushed of
@@ -102,7 +102,7 @@ type FS struct {
 	unlinkedFlushed int
 	open            map[*fileNode]bool // nodes with content in memory
 	gens            map[genKey]uint32  // see childIno
-	writerNext      map[genKey]bool    // see detachForWriterLocked
+	noPassIno       map[genKey]uint64  // see refusePass
 
 	panics atomic.Int64
 }
@@ -136,7 +136,7 @@ func Mount(dir string, o Options) (*FS, error) {
 		o.MaxValue = 64 << 20
 	}
 	f := &FS{inst: o.Instance, opts: o, uid: uint32(syscall.Getuid()), gid: uint32(syscall.Getgid()),
-		hidden: map[string]*hiddenKey{}, gens: map[genKey]uint32{}, writerNext: map[genKey]bool{}, open: map[*fileNode]bool{}, done: make(chan struct{})}
+		hidden: map[string]*hiddenKey{}, gens: map[genKey]uint32{}, noPassIno: map[genKey]uint64{}, open: map[*fileNode]bool{}, done: make(chan struct{})}
 	f.root = &rootNode{fsys: f}
 	f.ctl = &ctlFile{fsys: f}
 	entry, attr := o.EntryTimeout, o.AttrTimeout
@@ -332,20 +332,27 @@ func (f *FS) childIno(parent *gofs.Inode, name string, kind byte) uint64 {
 func (f *FS) retire(parent *gofs.Inode, name string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.gens[genKey{parent.StableAttr().Ino, name}]++
+	k := genKey{parent.StableAttr().Ino, name}
+	f.gens[k]++
+	delete(f.noPassIno, k) // a later generation passes through again
 }
 
-// writerComing reports (once) whether name in parent was taken from its inode
-// for a writer, whose open is about to reach the name's next inode.
-func (f *FS) writerComing(parent *gofs.Inode, name string) bool {
+// refusePass marks the inodes of name's current generation of numbers as refusing
+// passthrough (see detachForWriterLocked). Every lookup racing to make that inode
+// agrees: they compute the same number.
+func (f *FS) refusePass(parent *gofs.Inode, name string) {
+	ino := f.childIno(parent, name, 'f')
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	k := genKey{parent.StableAttr().Ino, name}
-	if !f.writerNext[k] {
-		return false
-	}
-	delete(f.writerNext, k)
-	return true
+	f.noPassIno[genKey{parent.StableAttr().Ino, name}] = ino
+}
+
+// refusesPass reports whether a new file inode numbered ino for name refuses
+// passthrough.
+func (f *FS) refusesPass(parent *gofs.Inode, name string, ino uint64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.noPassIno[genKey{parent.StableAttr().Ino, name}] == ino
 }
 
 // toErrno maps engine errors to errnos: the one place that does.

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/rand"
 	"fmt"
+	"io"
+	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
@@ -122,10 +124,7 @@ func testLargeReads(t *testing.T, noPass bool) {
 	if err := syscall.Stat(path, &st0); err != nil {
 		t.Fatal(err)
 	}
-	r1, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r1 := openReader(t, f, mnt, pass, "d", "s", "f")
 	defer r1.Close()
 	tail := []byte("appended while a reader has it open\n")
 	a, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
@@ -165,23 +164,45 @@ func testLargeReads(t *testing.T, noPass bool) {
 		t.Errorf("inode %d before the append, %d after; want a new one only while readers pass through", st0.Ino, st1.Ino)
 	}
 
-	// truncate(2) while a reader passes through.
+	// The name's new inode was made for a writer that met readers passing
+	// through: while it is in use, and a second after, its readers go through
+	// the mount and see what is written, as on a disk.
 	r2, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r2.Close()
 	if err := os.Truncate(path, 1<<20); err != nil {
 		t.Fatalf("truncate(2) while a reader has it open: %v", err)
 	}
+	if n, _ := r2.ReadAt(buf, 0); n != 1<<20 || !bytes.Equal(buf[:n], orig[:1<<20]) {
+		t.Errorf("a reader of the writer's new inode read %d bytes after truncate(2); want %d", n, 1<<20)
+	}
+	r2.Close()
+	time.Sleep(passQuiet + 100*time.Millisecond)
+	before = reads.Load()
 	if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, orig[:1<<20]) {
+		t.Fatalf("after truncate(2): %d bytes, %v; want the first %d", len(got), err, 1<<20)
+	}
+	readsFrom("a second after the last close", before)
+
+	// truncate(2) while a reader passes through.
+	g := filepath.Join(mnt, "d", "s", "g")
+	if err := os.WriteFile(g, appended, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r3 := openReader(t, f, mnt, pass, "d", "s", "g")
+	defer r3.Close()
+	if err := os.Truncate(g, 1<<20); err != nil {
+		t.Fatalf("truncate(2) while a reader has it open: %v", err)
+	}
+	if got, err := os.ReadFile(g); err != nil || !bytes.Equal(got, orig[:1<<20]) {
 		t.Fatalf("after truncate(2): %d bytes, %v; want the first %d", len(got), err, 1<<20)
 	}
 	want = orig[:1<<20]
 	if pass {
 		want = appended
 	}
-	if n, _ := r2.ReadAt(buf, 0); n != len(want) || !bytes.Equal(buf[:n], want) {
+	if n, _ := r3.ReadAt(buf, 0); n != len(want) || !bytes.Equal(buf[:n], want) {
 		t.Errorf("the reader opened before truncate(2) read %d bytes; want %d", n, len(want))
 	}
 	if err := os.WriteFile(path, orig, 0o644); err != nil {
@@ -319,6 +340,40 @@ func testLargeReads(t *testing.T, noPass bool) {
 	}
 }
 
+// openReader opens the file at mnt/rel... for reading. With passthrough on it
+// retries until the mount passes it through: a writer's last close is released
+// just after close(2) returns, and until then readers join the writer's mode.
+func openReader(t *testing.T, f *FS, mnt string, pass bool, rel ...string) *os.File {
+	t.Helper()
+	for try := 0; ; try++ {
+		r, err := os.Open(filepath.Join(append([]string{mnt}, rel...)...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !pass {
+			return r
+		}
+		in := f.root.EmbeddedInode()
+		for _, name := range rel {
+			if in = in.GetChild(name); in == nil {
+				t.Fatalf("%s: not in the mount's tree", filepath.Join(rel...))
+			}
+		}
+		n := in.Operations().(*fileNode)
+		n.mu.Lock()
+		passing := n.passOpen > 0
+		n.mu.Unlock()
+		if passing {
+			return r
+		}
+		r.Close()
+		if try == 100 {
+			t.Fatalf("%s: a reader does not pass through", filepath.Join(rel...))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func firstDifference(a, b []byte) int {
 	for i := range min(len(a), len(b)) {
 		if a[i] != b[i] {
@@ -327,3 +382,189 @@ func firstDifference(a, b []byte) int {
 	}
 	return min(len(a), len(b))
 }
+
+// TestLargeFilesStress: goroutines read (whole, through a descriptor held a
+// while, through mmap), overwrite, append to, truncate and pwrite into three
+// large files at random, with passthrough on: no call fails (the kernel answers
+// EIO to an open whose I/O mode conflicts with the inode's other descriptors,
+// ETXTBSY or ESTALE would reach a writer), and at the end each file, on the mount
+// and in the engine, holds what its last writer wrote.
+func TestLargeFilesStress(t *testing.T) {
+	requireFUSE(t)
+	dir := t.TempDir()
+	store, err := kv.Open(filepath.Join(dir, "kv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	inst, err := engine.Open(store, engine.Options{Identity: engine.NewIdentity(), BlobDir: filepath.Join(dir, "blobs")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inst.Close() })
+	f, mnt := mountOn(t, inst)
+	if !f.Passthrough() && kernelAtLeast(t, 6, 9) {
+		t.Fatal("the kernel has FUSE passthrough, but the mount does not use it")
+	}
+	if err := os.MkdirAll(filepath.Join(mnt, "d", "s"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	type file struct {
+		mu   sync.Mutex // held by writers: want is what the file holds
+		path string
+		want []byte
+	}
+	files := make([]*file, 3)
+	for i := range files {
+		files[i] = &file{path: filepath.Join(mnt, "d", "s", fmt.Sprintf("f%d", i)), want: randBytes(100_000 + 50_000*i)}
+		if err := os.WriteFile(files[i].path, files[i].want, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	var wg sync.WaitGroup
+	var ops atomic.Int64
+	errs := make(chan error, 100)
+	for g := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := newRand(uint64(g))
+			for time.Now().Before(deadline) {
+				fl := files[rng.IntN(len(files))]
+				if err := stressOp(rng, fl.path, &fl.mu, &fl.want); err != nil {
+					errs <- err
+					return
+				}
+				ops.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	t.Logf("%d operations", ops.Load())
+	db, err := inst.Database("d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, fl := range files {
+		if got, err := os.ReadFile(fl.path); err != nil || !bytes.Equal(got, fl.want) {
+			t.Errorf("f%d: the mount shows %d bytes (%v), want %d (first difference at %d)", i, len(got), err, len(fl.want), firstDifference(got, fl.want))
+		}
+		if v, err := db.Get("s", []string{fmt.Sprintf("f%d", i)}); err != nil || !bytes.Equal(v.Value, fl.want) {
+			t.Errorf("f%d: the engine holds %d bytes (%v), want %d", i, len(v.Value), err, len(fl.want))
+		}
+	}
+}
+
+// stressOp does one random operation on the file at path; writers hold mu and
+// keep *want, the file's content, up to date.
+func stressOp(rng *mrand.Rand, path string, mu *sync.Mutex, want *[]byte) error {
+	switch op := rng.IntN(8); op {
+	case 0: // read it whole
+		_, err := os.ReadFile(path)
+		return wrap("read", err)
+	case 1: // hold a reader a while
+		r, err := os.Open(path)
+		if err != nil {
+			return wrap("open to hold", err)
+		}
+		defer r.Close()
+		// A file being overwritten is short for a moment (O_TRUNC, then the
+		// write), as on a disk: EOF is no failure.
+		buf := make([]byte, 4096)
+		if _, err := r.ReadAt(buf, 0); err != nil && err != io.EOF {
+			return wrap("read held", err)
+		}
+		time.Sleep(time.Duration(rng.IntN(3000)) * time.Microsecond)
+		if _, err = r.ReadAt(buf, 60_000); err != io.EOF {
+			return wrap("read held later", err)
+		}
+		return nil
+	case 2: // mmap
+		r, err := os.Open(path)
+		if err != nil {
+			return wrap("open to map", err)
+		}
+		defer r.Close()
+		m, err := syscall.Mmap(int(r.Fd()), 0, 65536, syscall.PROT_READ, syscall.MAP_SHARED)
+		if err != nil {
+			return wrap("mmap", err)
+		}
+		_ = m[rng.IntN(len(m))]
+		return wrap("munmap", syscall.Munmap(m))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	switch rng.IntN(4) {
+	case 0: // overwrite
+		b := randBytes(70_000 + rng.IntN(300_000))
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			return wrap("overwrite", err)
+		}
+		*want = b
+	case 1: // append
+		b := randBytes(1 + rng.IntN(20_000))
+		w, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			return wrap("open to append", err)
+		}
+		_, err = w.Write(b)
+		if cerr := w.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return wrap("append", err)
+		}
+		*want = append(*want, b...)
+	case 2: // truncate(2), staying large
+		n := 66_000 + rng.IntN(len(*want))
+		if err := os.Truncate(path, int64(n)); err != nil {
+			return wrap("truncate", err)
+		}
+		if n <= len(*want) {
+			*want = (*want)[:n:n]
+		} else {
+			*want = append(*want, make([]byte, n-len(*want))...)
+		}
+	case 3: // pwrite into the middle
+		b := randBytes(1 + rng.IntN(5000))
+		off := rng.IntN(len(*want))
+		w, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			return wrap("open to pwrite", err)
+		}
+		_, err = w.WriteAt(b, int64(off))
+		if cerr := w.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return wrap("pwrite", err)
+		}
+		nw := append([]byte(nil), *want...)
+		if end := off + len(b); end > len(nw) {
+			nw = append(nw, make([]byte, end-len(nw))...)
+		}
+		copy(nw[off:], b)
+		*want = nw
+	}
+	return nil
+}
+
+func wrap(what string, err error) error {
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+func randBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+func newRand(seed uint64) *mrand.Rand { return mrand.New(mrand.NewPCG(seed, 0x1a5)) }
