@@ -239,6 +239,10 @@ func TestLargeFilesPassthroughSetting(t *testing.T) {
 		m := mount(t, mountOpts{Config: map[string]string{"passthrough": fmt.Sprint(on)}})
 		dir := newStore(t, m, "notes", "files")
 		pass := on && kernelHas
+		// The line is logged just after the mount appears.
+		for end := time.Now().Add(5 * time.Second); !strings.Contains(m.output.String(), "msg=mounted") && time.Now().Before(end); {
+			time.Sleep(10 * time.Millisecond)
+		}
 		if said := fmt.Sprintf("passthrough=%v", pass); !strings.Contains(m.output.String(), said) {
 			t.Errorf("passthrough = %v on Linux %s: the mount's log does not say %s:\n%s", on, strings.TrimSpace(rel), said, m.output)
 		}
