@@ -334,7 +334,12 @@ func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 		n.mu.Lock()
 		if n.passOpen > 0 {
 			// truncate(2) of a file whose readers read its blob file (a descriptor
-			// that could ftruncate would be a writer's, and none is open).
+			// that could ftruncate would be a writer's, and none is open); to the
+			// size it has, it changes nothing.
+			if int64(sz) == n.ver.size {
+				n.mu.Unlock()
+				return n.Getattr(ctx, f, out)
+			}
 			errno := n.detachForWriterLocked()
 			n.mu.Unlock()
 			return errno

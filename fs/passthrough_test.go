@@ -209,6 +209,25 @@ func testLargeReads(t *testing.T, noPass bool) {
 		t.Fatal(err)
 	}
 
+	// truncate(2) to the size it has changes nothing, also while readers pass
+	// through: the name keeps its inode.
+	same := filepath.Join(mnt, "d", "s", "same")
+	if err := os.WriteFile(same, orig, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r4 := openReader(t, f, mnt, pass, "d", "s", "same")
+	var sa, sb syscall.Stat_t
+	if err := syscall.Stat(same, &sa); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(same, int64(len(orig))); err != nil {
+		t.Fatalf("truncate(2) to the same size: %v", err)
+	}
+	if err := syscall.Stat(same, &sb); err != nil || sb.Ino != sa.Ino || sb.Size != int64(len(orig)) {
+		t.Errorf("truncate(2) to the same size: inode %d -> %d, size %d, %v", sa.Ino, sb.Ino, sb.Size, err)
+	}
+	r4.Close()
+
 	// A reader in the page cache's mode that outlives the writer it opened
 	// beside: readers opening after it must join its mode (the kernel refuses to
 	// mix them: EIO).
