@@ -309,7 +309,8 @@ func (f *FS) keepOpen(parent *gofs.Inode, name string) {
 	if ch := parent.GetChild(name); ch != nil {
 		if fn, ok := ch.Operations().(*fileNode); ok {
 			fn.mu.Lock()
-			if fn.cur != nil {
+			if fn.cur != nil && fn.passOpen == 0 {
+				// (Descriptors passing through read the blob file, which stays.)
 				fn.loadLocked(fn.cur)
 			}
 			fn.mu.Unlock()

@@ -226,6 +226,20 @@ func testLargeReads(t *testing.T, noPass bool) {
 	if err := syscall.Stat(same, &sb); err != nil || sb.Ino != sa.Ino || sb.Size != int64(len(orig)) {
 		t.Errorf("truncate(2) to the same size: inode %d -> %d, size %d, %v", sa.Ino, sb.Ino, sb.Size, err)
 	}
+	// Renamed over (sed -i, mv): the open reader reads what it opened, whole.
+	other := filepath.Join(mnt, "d", "s", "other")
+	if err := os.WriteFile(other, tail, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(other, same); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := r4.ReadAt(buf, 0); n != len(orig) || !bytes.Equal(buf[:n], orig) {
+		t.Errorf("a reader of a file renamed over read %d bytes; want the %d it opened", n, len(orig))
+	}
+	if got, err := os.ReadFile(same); err != nil || !bytes.Equal(got, tail) {
+		t.Errorf("the name renamed over holds %q, %v; want %q", got, err, tail)
+	}
 	r4.Close()
 
 	// A reader in the page cache's mode that outlives the writer it opened
