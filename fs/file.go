@@ -505,8 +505,8 @@ const passQuiet = time.Second
 // nothing wrote to it, and no descriptor of the inode is in the page cache's
 // mode. It opens the blob file (c.file) for that.
 func (n *fileNode) passableLocked(c *content) bool {
-	if !n.fsys.passthrough.Load() || time.Now().Before(n.noPassUntil) || n.cacheOpen > 0 || n.local || n.pending ||
-		c.dirty || c.writers > 0 || len(c.blob) == 0 {
+	if len(c.blob) == 0 || !n.fsys.passthrough.Load() || n.cacheOpen > 0 || n.local || n.pending ||
+		c.dirty || c.writers > 0 || time.Now().Before(n.noPassUntil) {
 		return false
 	}
 	return c.openBlob(n.fsys)
