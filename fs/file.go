@@ -529,8 +529,7 @@ func (n *fileNode) detachForWriterLocked() syscall.Errno {
 		return syscall.ESTALE // off its name already: the lookup finds the name's file
 	}
 	parent.RmChild(name)
-	n.fsys.retire(parent, name)
-	n.fsys.refusePass(parent, name)
+	n.fsys.retireForWriter(parent, name)
 	return syscall.ESTALE
 }
 

@@ -102,7 +102,7 @@ type FS struct {
 	unlinkedFlushed int
 	open            map[*fileNode]bool // nodes with content in memory
 	gens            map[genKey]uint32  // see childIno
-	noPassIno       map[genKey]uint64  // see refusePass
+	noPassIno       map[genKey]uint64  // see retireForWriter
 
 	panics atomic.Int64
 }
@@ -314,6 +314,12 @@ func (f *FS) childIno(parent *gofs.Inode, name string, kind byte) uint64 {
 	f.mu.Lock()
 	g := f.gens[genKey{p, name}]
 	f.mu.Unlock()
+	return genIno(p, name, kind, g)
+}
+
+// genIno is the number of generation g of name (of kind) in the directory
+// numbered p.
+func genIno(p uint64, name string, kind byte, g uint32) uint64 {
 	h := fnv.New64a()
 	var b [13]byte
 	b[0] = kind
@@ -337,14 +343,17 @@ func (f *FS) retire(parent *gofs.Inode, name string) {
 	delete(f.noPassIno, k) // a later generation passes through again
 }
 
-// refusePass marks the inodes of name's current generation of numbers as refusing
-// passthrough (see detachForWriterLocked). Every lookup racing to make that inode
-// agrees: they compute the same number.
-func (f *FS) refusePass(parent *gofs.Inode, name string) {
-	ino := f.childIno(parent, name, 'f')
+// retireForWriter is retire for a writer that met readers passing through (see
+// detachForWriterLocked): the file inode of the new generation refuses
+// passthrough, and every lookup racing to make it agrees, since they compute the
+// same number.
+func (f *FS) retireForWriter(parent *gofs.Inode, name string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.noPassIno[genKey{parent.StableAttr().Ino, name}] = ino
+	p := parent.StableAttr().Ino
+	k := genKey{p, name}
+	f.gens[k]++
+	f.noPassIno[k] = genIno(p, name, 'f', f.gens[k])
 }
 
 // refusesPass reports whether a new file inode numbered ino for name refuses
