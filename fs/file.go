@@ -502,11 +502,12 @@ const passQuiet = time.Second
 
 // passableLocked reports whether readers of c may read its blob file directly
 // (FUSE passthrough; see passHandle): c is a stored version kept as a blob,
-// nothing wrote to it, and no descriptor of the inode is in the page cache's
-// mode. It opens the blob file (c.file) for that.
+// nothing wrote to it, no descriptor of the inode is in the page cache's mode,
+// and no release is under way (statfsFS.Release). It opens the blob file
+// (c.file) for that.
 func (n *fileNode) passableLocked(c *content) bool {
 	if len(c.blob) == 0 || !n.fsys.passthrough.Load() || n.cacheOpen > 0 || n.local || n.pending ||
-		c.dirty || c.writers > 0 || time.Now().Before(n.noPassUntil) {
+		c.dirty || c.writers > 0 || time.Now().Before(n.noPassUntil) || n.fsys.releasing.Load() > 0 {
 		return false
 	}
 	return c.openBlob(n.fsys)

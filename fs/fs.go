@@ -84,8 +84,10 @@ type FS struct {
 	// passthrough: the kernel serves reads of large stored files from their
 	// blob files (probePassthrough).
 	passthrough atomic.Bool
-	sub         *engine.Subscription
-	done        chan struct{}
+	// releasing counts file releases under way (statfsFS.Release).
+	releasing atomic.Int64
+	sub       *engine.Subscription
+	done      chan struct{}
 	// remote counts the changes from elsewhere that invalidateLoop has begun to
 	// deliver to the kernel; see recheckLookup.
 	remote atomic.Uint64
@@ -439,6 +441,19 @@ func (f *FS) checkSetattr(in *fuse.SetAttrIn, mode uint32) syscall.Errno {
 type statfsFS struct {
 	fuse.RawFileSystem
 	fsys *FS
+}
+
+// Release brackets go-fuse's release of a file with FS.releasing: go-fuse drops a
+// reference to the inode's backing file after every release, also of a descriptor
+// that never held one (it passed no reads through), so a backing file registered
+// for an open in between (our release done, go-fuse's drop not yet) would lose
+// its reference and be unregistered before the kernel takes it (EIO for that
+// open), or under the open descriptors of the inode (EIO for the next). Opens do
+// not register one meanwhile (passableLocked).
+func (s *statfsFS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
+	s.fsys.releasing.Add(1)
+	defer s.fsys.releasing.Add(-1)
+	s.RawFileSystem.Release(cancel, in)
 }
 
 func (s *statfsFS) StatFs(cancel <-chan struct{}, in *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {

@@ -242,6 +242,20 @@ func testLargeReads(t *testing.T, noPass bool) {
 	}
 	r4.Close()
 
+	// Written, closed and opened for reading at once, many times: the reader's
+	// open comes while the writer's release is under way, and must not fail.
+	for i := range 200 {
+		p := filepath.Join(mnt, "d", "s", fmt.Sprintf("quick%d", i))
+		if err := os.WriteFile(p, orig[:100_000], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r, err := os.Open(p)
+		if err != nil {
+			t.Fatalf("opening a file for reading just after writing it (%d): %v", i, err)
+		}
+		r.Close()
+	}
+
 	// A reader in the page cache's mode that outlives the writer it opened
 	// beside: readers opening after it must join its mode (the kernel refuses to
 	// mix them: EIO).
