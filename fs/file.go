@@ -475,7 +475,8 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	n.fsys.track(n, true)
 	h := &handle{c: c, append: flags&syscall.O_APPEND != 0, write: write}
 	if !write && (n.passOpen > 0 || n.passableLocked(c)) {
-		// fd is used only when the inode has no backing file yet (passOpen 0).
+		// go-fuse uses fd only when the inode has no backing file registered yet;
+		// the first reader passing through opened c.file.
 		n.passOpen++
 		fd := -1
 		if c.file != nil {

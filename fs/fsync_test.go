@@ -37,8 +37,21 @@ func requireFUSE(t *testing.T) {
 // also when it fails.
 func mountOn(t *testing.T, inst *engine.Instance) (*FS, string) {
 	t.Helper()
+	return mountWith(t, Options{Instance: inst})
+}
+
+// mountWith is mountOn with options (entry and attribute lifetimes of 1 s, where
+// o leaves them zero).
+func mountWith(t *testing.T, o Options) (*FS, string) {
+	t.Helper()
+	if o.EntryTimeout == 0 {
+		o.EntryTimeout = time.Second
+	}
+	if o.AttrTimeout == 0 {
+		o.AttrTimeout = time.Second
+	}
 	mnt := t.TempDir()
-	f, err := Mount(mnt, Options{Instance: inst, EntryTimeout: time.Second, AttrTimeout: time.Second})
+	f, err := Mount(mnt, o)
 	if err != nil {
 		t.Fatalf("mounting: %v", err)
 	}

@@ -54,7 +54,10 @@ func TestLargeReadsPassThrough(t *testing.T) {
 	t.Run("no-passthrough", func(t *testing.T) { testLargeReads(t, true) })
 }
 
-func testLargeReads(t *testing.T, noPass bool) {
+// newBlobInstance opens an instance on disk that keeps large values as blob
+// files, closed when the test ends.
+func newBlobInstance(t *testing.T) *engine.Instance {
+	t.Helper()
 	dir := t.TempDir()
 	store, err := kv.Open(filepath.Join(dir, "kv"))
 	if err != nil {
@@ -66,26 +69,18 @@ func testLargeReads(t *testing.T, noPass bool) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { inst.Close() })
+	return inst
+}
+
+func testLargeReads(t *testing.T, noPass bool) {
 	var reads atomic.Int64
-	mnt := t.TempDir()
-	f, err := Mount(mnt, Options{Instance: inst, EntryTimeout: time.Second, AttrTimeout: time.Second, NoPassthrough: noPass,
+	inst := newBlobInstance(t)
+	f, mnt := mountWith(t, Options{Instance: inst, NoPassthrough: noPass,
 		Observe: func(op string, _ time.Duration, _ bool) {
 			if op == "read" {
 				reads.Add(1)
 			}
 		}})
-	if err != nil {
-		t.Fatalf("mounting: %v", err)
-	}
-	t.Cleanup(func() {
-		if n := f.Panics(); n > 0 {
-			t.Errorf("%d filesystem requests panicked (and failed with EIO); see the log", n)
-		}
-		if err := f.Unmount(); err != nil {
-			syscall.Unmount(mnt, syscall.MNT_FORCE|syscall.MNT_DETACH)
-			t.Errorf("unmounting: %v", err)
-		}
-	})
 	pass := f.Passthrough()
 	switch {
 	case noPass:
@@ -438,17 +433,7 @@ func firstDifference(a, b []byte) int {
 // and in the engine, holds what its last writer wrote.
 func TestLargeFilesStress(t *testing.T) {
 	requireFUSE(t)
-	dir := t.TempDir()
-	store, err := kv.Open(filepath.Join(dir, "kv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	inst, err := engine.Open(store, engine.Options{Identity: engine.NewIdentity(), BlobDir: filepath.Join(dir, "blobs")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inst.Close() })
+	inst := newBlobInstance(t)
 	f, mnt := mountOn(t, inst)
 	if !f.Passthrough() && kernelAtLeast(t, 6, 9) {
 		t.Fatal("the kernel has FUSE passthrough, but the mount does not use it")
