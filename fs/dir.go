@@ -371,10 +371,11 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	defer fn.mu.Unlock()
 	c := &content{loaded: true, dirty: !local, mtime: nowMs(), refs: 1, writers: 1}
 	fn.cur, fn.local, fn.pending = c, local, !local
-	fn.cacheOpen++ // a writer: in the page cache's mode (see fileNode.Open)
+	h := &handle{c: c, append: flags&syscall.O_APPEND != 0, write: true}
+	fn.countLocked(h, 1)
 	d.fsys.track(fn, true)
 	fn.attrFromContent(c, &out.Attr)
-	return ch, &handle{c: c, append: flags&syscall.O_APPEND != 0, write: true}, 0, 0
+	return ch, h, 0, 0
 }
 
 func (d *dirNode) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {

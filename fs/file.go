@@ -477,14 +477,15 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if !write && (n.passOpen > 0 || n.passableLocked(c)) {
 		// go-fuse uses fd only when the inode has no backing file registered yet;
 		// the first reader passing through opened c.file.
-		n.passOpen++
 		fd := -1
 		if c.file != nil {
 			fd = int(c.file.Fd())
 		}
-		return &passHandle{handle: h, fd: fd}, 0, 0
+		ph := &passHandle{handle: h, fd: fd}
+		n.countLocked(ph, 1)
+		return ph, 0, 0
 	}
-	n.cacheOpen++
+	n.countLocked(h, 1)
 	var fuseFlags uint32
 	if !c.dirty && !n.local && !n.pending && !c.version.IsZero() {
 		if c.version == n.kernelVersion {
@@ -495,6 +496,16 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		n.kernelVersion = engine.ID{}
 	}
 	return h, fuseFlags, 0
+}
+
+// countLocked adds d (1 at an open or create, -1 at its release) to the count of
+// the inode's descriptors in f's mode (see passOpen).
+func (n *fileNode) countLocked(f gofs.FileHandle, d int) {
+	if _, ok := f.(*passHandle); ok {
+		n.passOpen += d
+	} else {
+		n.cacheOpen += d
+	}
 }
 
 // passQuiet is how long an inode made for a writer that met readers passing
@@ -615,11 +626,7 @@ func (n *fileNode) Release(ctx context.Context, f gofs.FileHandle) syscall.Errno
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if _, ok := f.(*passHandle); ok {
-		n.passOpen--
-	} else {
-		n.cacheOpen--
-	}
+	n.countLocked(f, -1)
 	if !n.noPassUntil.IsZero() {
 		n.noPassUntil = time.Now().Add(passQuiet)
 	}

@@ -33,6 +33,24 @@ func requireFUSE(t *testing.T) {
 	t.Skip(why)
 }
 
+// newBlobInstance opens an instance on disk that keeps large values as blob
+// files, closed when the test ends.
+func newBlobInstance(t *testing.T) *engine.Instance {
+	t.Helper()
+	dir := t.TempDir()
+	store, err := kv.Open(filepath.Join(dir, "kv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	inst, err := engine.Open(store, engine.Options{Identity: engine.NewIdentity(), BlobDir: filepath.Join(dir, "blobs")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inst.Close() })
+	return inst
+}
+
 // mountOn mounts inst at a new directory and unmounts it when the test ends,
 // also when it fails.
 func mountOn(t *testing.T, inst *engine.Instance) (*FS, string) {

@@ -13,9 +13,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/eidefs/eidefs/engine"
-	"github.com/eidefs/eidefs/kv"
 )
 
 // kernelAtLeast reports whether the running kernel is major.minor or later.
@@ -52,24 +49,6 @@ func TestLargeReadsPassThrough(t *testing.T) {
 	requireFUSE(t)
 	t.Run("passthrough", func(t *testing.T) { testLargeReads(t, false) })
 	t.Run("no-passthrough", func(t *testing.T) { testLargeReads(t, true) })
-}
-
-// newBlobInstance opens an instance on disk that keeps large values as blob
-// files, closed when the test ends.
-func newBlobInstance(t *testing.T) *engine.Instance {
-	t.Helper()
-	dir := t.TempDir()
-	store, err := kv.Open(filepath.Join(dir, "kv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	inst, err := engine.Open(store, engine.Options{Identity: engine.NewIdentity(), BlobDir: filepath.Join(dir, "blobs")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inst.Close() })
-	return inst
 }
 
 func testLargeReads(t *testing.T, noPass bool) {

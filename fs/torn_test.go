@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/eidefs/eidefs/engine"
-	"github.com/eidefs/eidefs/kv"
 )
 
 // tornValues are the values TestNoTornReads cycles through: three sizes, each
@@ -51,16 +50,7 @@ func wholeValue(b []byte) string {
 func mountPeerKey(t *testing.T, first []byte) (func(v []byte) error, string) {
 	t.Helper()
 	requireFUSE(t)
-	store, err := kv.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	inst, err := engine.Open(store, engine.Options{Identity: engine.NewIdentity()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inst.Close() })
+	inst := newBlobInstance(t)
 	db, err := inst.CreateDatabase("d", "")
 	if err != nil {
 		t.Fatal(err)
