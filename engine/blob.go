@@ -256,6 +256,9 @@ func (in *Instance) unsyncedBlobs(hs ...blobHash) {
 // SyncJournal calls it before syncing the kv journal, so that no entry that
 // survives a power cut refers to a blob that did not.
 func (in *Instance) syncBlobs() error {
+	if err := in.syncParks(); err != nil {
+		return err
+	}
 	in.blobMu.Lock()
 	hs := in.unsynced
 	in.unsynced = nil

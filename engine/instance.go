@@ -50,16 +50,18 @@ type Options struct {
 // Instance is one node's set of databases over one kv store. Writes are applied one
 // group at a time (see do), each group in one kv write.
 type Instance struct {
-	kv         *kv.DB
-	blobs      blobStore
-	blobMu     sync.Mutex        // guards unsynced
-	unsynced   map[blobHash]bool // blobs stored since the last syncBlobs
-	id         *Identity
-	signer     *nonceSigner // signs with in.id
-	now        func() time.Time
-	maxValue   int
-	maxPending int
-	maxBytes   int // pending bytes
+	kv       *kv.DB
+	blobs    blobStore
+	blobMu   sync.Mutex        // guards unsynced and unsyncedParks
+	unsynced map[blobHash]bool // blobs stored since the last syncBlobs
+	// parked values (park.go) whose files the next syncBlobs must make durable
+	unsyncedParks map[uint64]bool
+	id            *Identity
+	signer        *nonceSigner // signs with in.id
+	now           func() time.Time
+	maxValue      int
+	maxPending    int
+	maxBytes      int // pending bytes
 
 	qmu     sync.Mutex // guards queue, leading and closed
 	queue   []*request
@@ -222,8 +224,12 @@ func Open(store *kv.DB, o Options) (*Instance, error) {
 		return nil, err
 	}
 	in.signer = newNonceSigner(in.id)
-	// Deletes a killed process left pending are committed now.
+	// Deletes and values a killed process left pending are committed now.
 	if err := in.FlushDeletes(Journal); err != nil {
+		in.signer.close()
+		return nil, err
+	}
+	if err := in.commitParked(); err != nil {
 		in.signer.close()
 		return nil, err
 	}
@@ -368,6 +374,7 @@ type commitReq struct {
 	stores []StoreNode // ops only; names sorted later
 	origin string      // tags the commit's event (Tx.SetOrigin)
 	time   int64       // entry time in ms (Tx.SetTime); 0 = now
+	unpark []uint64    // parked values this entry commits (Tx.Unpark)
 }
 
 type createReq struct {
@@ -632,6 +639,9 @@ func (g *group) commit(c *commitReq) (ID, error) {
 	}
 	if err := g.store(st, raw, e, id, vv, seq, c.origin, true); err != nil {
 		return ID{}, err
+	}
+	for _, s := range c.unpark {
+		g.s.Delete(parkKey(s))
 	}
 	g.commits++
 	return id, nil

@@ -20,6 +20,7 @@ import (
 //	h <db> <store> <depth> <path> <order>    every explicit op on a path (histRec)
 //	c <db> <store> <depth> <path> <order>    a conflict loser, keyed by its own order (conflictRec)
 //	z <db> <seq>                             a deferred delete not committed yet (laterRec; later.go)
+//	w <seq>                                  a parked value not committed yet (parkRec; park.go)
 //
 // The prefix 'S' is netsync's (sync state); the engine never writes under it.
 //
@@ -38,6 +39,7 @@ const (
 	pHist     = 'h'
 	pConflict = 'c'
 	pLater    = 'z'
+	pPark     = 'w'
 )
 
 func key(prefix byte, parts ...[]byte) []byte {

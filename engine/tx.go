@@ -17,6 +17,7 @@ type Tx struct {
 	origin string
 	time   int64 // ms; 0 = now
 	err    error // first staging error; Commit returns it
+	unpark []uint64
 }
 
 // SetOrigin tags the commit's event, so a subscriber can tell its own commits.
@@ -81,7 +82,10 @@ func (t *Tx) Commit(d Durability) (ID, error) {
 			return ID{}, err
 		}
 	}
-	r := t.db.in.do(&request{commit: &commitReq{db: t.db.id, stores: stores, origin: t.origin, time: t.time}, sync: d == Sync})
+	r := t.db.in.do(&request{commit: &commitReq{db: t.db.id, stores: stores, origin: t.origin, time: t.time, unpark: t.unpark}, sync: d == Sync})
+	if r.err == nil {
+		t.db.in.unparked(t.unpark)
+	}
 	return r.id, r.err
 }
 
@@ -141,6 +145,38 @@ func (s *StoreTx) SetPathFile(path []string, f *os.File, size int64) *StoreTx {
 // BlobSum (hashed as they were written); the engine does not hash them again.
 func (s *StoreTx) SetPathFileHashed(path []string, f *os.File, size int64, sum [32]byte) *StoreTx {
 	return s.setPathFile(path, f, size, &sum)
+}
+
+// SetPathFileCopy is SetPathFile for a file that others may still be writing to
+// (the kernel, for a file open on the mount): the bytes are copied first and the
+// copy is hashed, so the blob is what its hash says; f never becomes the blob.
+func (s *StoreTx) SetPathFileCopy(path []string, f *os.File, size int64) *StoreTx {
+	if size <= BlobMin {
+		return s.setPathFile(path, f, size, nil)
+	}
+	if !s.keyPath(path) {
+		return s
+	}
+	if size > int64(s.tx.db.in.maxValue) {
+		s.tx.fail(fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, size, s.tx.db.in.maxValue))
+		return s
+	}
+	cp, err := s.tx.db.in.SpillFile()
+	if err == nil && cp == nil {
+		return s.setPathFile(path, f, size, nil) // blobs in memory: read whole, then hashed
+	}
+	if err == nil {
+		defer cp.Close()
+		var n int64
+		if n, err = io.Copy(cp, io.NewSectionReader(f, 0, size)); err == nil && n != size {
+			err = fmt.Errorf("copying a value: %w", io.ErrUnexpectedEOF)
+		}
+	}
+	if err != nil {
+		s.tx.fail(err)
+		return s
+	}
+	return s.setPathFile(path, cp, size, nil)
 }
 
 func (s *StoreTx) setPathFile(path []string, f *os.File, size int64, sum *blobHash) *StoreTx {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/eidefs/eidefs/engine"
+	"golang.org/x/sys/unix"
 )
 
 // content is a file's bytes while it is open (or local-only): all handles opened
@@ -44,6 +45,45 @@ type content struct {
 	// not read all of it.
 	blob []byte
 	file *os.File
+	// kernel is set for a file created with its writes passed through (see
+	// dirNode.Create): the kernel writes spill itself, so the bytes' size, time
+	// and whether they changed are learned from the file (refresh), not from
+	// write requests. Cleared once the spill file becomes a blob.
+	kernel bool
+	stamp  fileStamp // spill's size and change time when last refreshed
+	// park is the engine's record of the bytes, parked at a close until their
+	// commit (engine.Database.Park); 0 for none.
+	park uint64
+	// settled is closed when the commit after the last writer's close (settle) is
+	// done; nil when none is under way.
+	settled chan struct{}
+}
+
+// fileStamp tells whether a file changed: the kernel sets its change time at
+// every write, at a resolution fine enough for whoever reads it (multigrain
+// timestamps).
+type fileStamp struct {
+	size  int64
+	ctime unix.Timespec
+}
+
+// refresh learns what the kernel wrote to a kernel-written content's spill file
+// since the last call: any change marks the content written, at the file's
+// mtime.
+func (c *content) refresh() {
+	if !c.kernel || c.spill == nil {
+		return
+	}
+	var st unix.Stat_t
+	if unix.Fstat(int(c.spill.Fd()), &st) != nil {
+		return
+	}
+	s := fileStamp{size: st.Size, ctime: st.Ctim}
+	if s == c.stamp {
+		return
+	}
+	c.stamp, c.size, c.dirty = s, st.Size, true
+	c.mtime = time.Unix(st.Mtim.Unix()).Truncate(time.Millisecond)
 }
 
 // spillMin is the size beyond which content moves from memory to a spill file:
@@ -312,9 +352,20 @@ func (c *content) hashed() ([32]byte, bool) {
 	return c.sum.sum(c.size)
 }
 
-// setValue stages the bytes as the value at path.
-func (c *content) setValue(s *engine.StoreTx, path []string) {
+// setValue stages the bytes as the value at path in store, and takes their
+// parked record, if any, off in the same commit.
+func (c *content) setValue(tx *engine.Tx, store string, path []string) {
+	s := tx.Store(store)
+	if c.park != 0 {
+		tx.Unpark(c.park)
+	}
 	if c.spill != nil {
+		if c.kernel && c.writers > 0 {
+			// The kernel may still write the file: the blob is a copy.
+			s.SetPathFileCopy(path, c.spill, c.size)
+			return
+		}
+		c.kernel = false // the file becomes the blob, and nothing writes it any more
 		if sum, ok := c.hashed(); ok {
 			s.SetPathFileHashed(path, c.spill, c.size, sum)
 		} else {

@@ -372,10 +372,22 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	c := &content{loaded: true, dirty: !local, mtime: nowMs(), refs: 1, writers: 1}
 	fn.cur, fn.local, fn.pending = c, local, !local
 	h := &handle{c: c, append: flags&syscall.O_APPEND != 0, write: true}
-	fn.countLocked(h, 1)
+	var fh gofs.FileHandle = h
+	if !local && d.fsys.passthrough.Load() && d.fsys.releasing.Load() == 0 {
+		// Its writes (and reads) pass through to a spill file: the kernel writes
+		// a large file as fast as to a local disk, and the close parks it (see
+		// Flush). Small files are committed at close as ever.
+		if sp, err := d.fsys.inst.SpillFile(); err == nil && sp != nil {
+			c.spill, c.kernel = sp, true
+			c.refresh()
+			h.stamp = c.stamp
+			fh = &passHandle{handle: h, fd: int(sp.Fd())}
+		}
+	}
+	fn.countLocked(fh, 1)
 	d.fsys.track(fn, true)
 	fn.attrFromContent(c, &out.Attr)
-	return ch, h, 0, 0
+	return ch, fh, 0, 0
 }
 
 func (d *dirNode) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -614,6 +626,7 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 	// A file in memory: local-only, just created, or written and not flushed.
 	if ch, fn := lockedOverlayChild(srcParent, srcName); ch != nil {
 		defer fn.mu.Unlock()
+		fn.cur.refresh() // what the kernel wrote to it so far
 		if dstExists && dstNode.Kind == engine.OpMap {
 			return syscall.EISDIR
 		}
@@ -622,6 +635,7 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 			if srcStored {
 				f.hide(src)
 			}
+			f.dropPark(fn.cur)
 			fn.local, fn.pending = true, false
 			return 0
 		}
@@ -636,6 +650,7 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 			// sed -i that changed nothing: the key already holds these bytes, and
 			// the file is that version.
 			fn.local, fn.pending, fn.cur.dirty = false, false, false
+			f.dropPark(fn.cur)
 			fn.adoptLocked(fn.cur, dst, node)
 			if wasLocal {
 				ch.ForgetPersistent()
@@ -647,7 +662,7 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 			if srcStored {
 				tx.Store(src.store).Delete(src.path)
 			}
-			fn.cur.setValue(tx.Store(dst.store), dst.path)
+			fn.cur.setValue(tx, dst.store, dst.path)
 		})
 		if errno == 0 {
 			fn.local = false
@@ -785,6 +800,7 @@ func (f *FS) dropOverlay(parent *gofs.Inode, name string) bool {
 	fn.local, fn.pending = false, false
 	if fn.cur != nil {
 		fn.cur.dirty = false
+		f.dropPark(fn.cur)
 	}
 	fn.mu.Unlock()
 	if local {

@@ -3,6 +3,7 @@ package fs
 import (
 	"bytes"
 	"context"
+	"errors"
 	"slices"
 	"strconv"
 	"sync"
@@ -109,11 +110,14 @@ type handle struct {
 	write   bool // opened for writing (or created): its close commits
 	wrote   bool // write(2) went through this handle
 	flushes int
+	stamp   fileStamp // c's stamp at open, for a kernel-written c: changed means written
 }
 
-// passHandle is a read-only descriptor of a stored large value whose reads the
-// kernel serves from the blob file itself (FUSE passthrough): they never reach
-// this process. go-fuse registers fd with the kernel when the inode has no
+// passHandle is a descriptor whose reads (and writes) the kernel serves from a
+// file of ours itself (FUSE passthrough): they never reach this process. It is a
+// reader of a stored large value (fd its blob file), or any descriptor of a file
+// created here while its writers pass through (fd its spill file; see
+// dirNode.Create). go-fuse registers fd with the kernel when the inode has no
 // backing file yet, and gives every later passHandle of the inode the same one.
 type passHandle struct {
 	*handle
@@ -137,7 +141,7 @@ func handleOf(f gofs.FileHandle) *handle {
 
 // inMemoryLocked reports whether the node's truth is its content, not the engine.
 func (n *fileNode) inMemoryLocked() bool {
-	return n.local || n.pending || (n.cur != nil && n.cur.dirty)
+	return n.local || n.pending || (n.cur != nil && (n.cur.dirty || n.cur.kernel && n.cur.writers > 0))
 }
 
 // isStored reports whether the file exists in the database (not only here).
@@ -154,6 +158,7 @@ func (n *fileNode) inMemory() bool {
 }
 
 func (n *fileNode) attrFromContent(c *content, out *fuse.Attr) {
+	c.refresh()
 	n.fsys.setAttr(out, modeFile, c.length(), c.mtime.UnixMilli())
 }
 
@@ -333,7 +338,8 @@ func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 			return syscall.EFBIG
 		}
 		n.mu.Lock()
-		if n.passOpen > 0 {
+		n.waitSettledLocked()
+		if n.passOpen > 0 && (n.cur == nil || !n.cur.kernel) {
 			// truncate(2) of a file whose readers read its blob file (a descriptor
 			// that could ftruncate would be a writer's, and none is open); to the
 			// size it has, it changes nothing.
@@ -353,6 +359,7 @@ func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 			h.wrote = true
 		}
 		if c != nil {
+			c.refresh()
 			errno := n.loadLocked(c)
 			if errno == 0 {
 				errno = c.truncate(n.fsys, int64(sz))
@@ -366,7 +373,7 @@ func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 				return errno
 			}
 			if commitNow {
-				if errno := n.commitContent(c, engine.Journal); errno != 0 {
+				if errno := n.commitContent(c, engine.Journal, false); errno != 0 {
 					return errno
 				}
 			}
@@ -406,7 +413,7 @@ func (n *fileNode) truncateStored(l loc, st engine.Node, sz int64) syscall.Errno
 	if errno := c.truncate(n.fsys, sz); errno != 0 {
 		return errno
 	}
-	id, errno := n.fsys.commitEntry(l.db, engine.Journal, func(tx *engine.Tx) { c.setValue(tx.Store(l.store), l.path) })
+	id, errno := n.fsys.commitEntry(l.db, engine.Journal, func(tx *engine.Tx) { c.setValue(tx, l.store, l.path) })
 	if errno != 0 {
 		return errno
 	}
@@ -418,7 +425,10 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if write && n.passOpen > 0 {
+	if write {
+		n.waitSettledLocked()
+	}
+	if write && n.passOpen > 0 && (n.cur == nil || !n.cur.kernel) {
 		// Readers read this version's blob file directly, and the kernel would
 		// give every later open of the inode that file too: a writer gets a new
 		// inode for the name (see detachForWriterLocked), as `sed -i` gives one;
@@ -474,11 +484,16 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	}
 	n.fsys.track(n, true)
 	h := &handle{c: c, append: flags&syscall.O_APPEND != 0, write: write}
-	if !write && (n.passOpen > 0 || n.passableLocked(c)) {
+	if (!write || c.kernel) && (n.passOpen > 0 || n.passableLocked(c)) {
 		// go-fuse uses fd only when the inode has no backing file registered yet;
 		// the first reader passing through opened c.file.
 		fd := -1
-		if c.file != nil {
+		switch {
+		case c.kernel:
+			fd = int(c.spill.Fd())
+			c.refresh()
+			h.stamp = c.stamp
+		case c.file != nil:
 			fd = int(c.file.Fd())
 		}
 		ph := &passHandle{handle: h, fd: fd}
@@ -518,6 +533,10 @@ const passQuiet = time.Second
 // and no release is under way (statfsFS.Release). It opens the blob file
 // (c.file) for that.
 func (n *fileNode) passableLocked(c *content) bool {
+	if c.kernel {
+		// Written here through passthrough and not a blob yet: read the spill file.
+		return n.fsys.passthrough.Load() && n.cacheOpen == 0 && n.fsys.releasing.Load() == 0
+	}
 	if len(c.blob) == 0 || !n.fsys.passthrough.Load() || n.cacheOpen > 0 || n.local || n.pending ||
 		c.dirty || c.writers > 0 || time.Now().Before(n.noPassUntil) || n.fsys.releasing.Load() > 0 {
 		return false
@@ -597,22 +616,35 @@ func (n *fileNode) Write(ctx context.Context, f gofs.FileHandle, data []byte, of
 // not commit an empty file first. A later close commits (`: > f` and `touch` close
 // twice too); a file closed once without a write commits at release, milliseconds
 // later.
+//
+// A large file whose writes pass through is parked rather than committed
+// (engine.Database.Park): that survives a kill -9 as a commit does, without
+// hashing the bytes first. Its commit follows the last writer's release (settle).
 func (n *fileNode) Flush(ctx context.Context, f gofs.FileHandle) syscall.Errno {
 	h := handleOf(f)
 	h.flushes++
-	if !h.write || (!h.wrote && h.flushes == 1) {
+	if !h.write {
 		// A reader's close commits nothing, not even what a writer sharing the
 		// content has written so far: that writer's close commits it.
 		return 0
 	}
-	return n.commitContent(h.c, engine.Journal)
+	n.mu.Lock()
+	if h.c.kernel {
+		h.c.refresh()
+		h.wrote = h.wrote || h.c.stamp != h.stamp
+	}
+	n.mu.Unlock()
+	if !h.wrote && h.flushes == 1 {
+		return 0
+	}
+	return n.commitContent(h.c, engine.Journal, true)
 }
 
 // Fsync commits what was written and makes it durable, with everything committed
 // before: also content a close committed already (write, close, open, fsync).
 func (n *fileNode) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) syscall.Errno {
 	if h := handleOf(f); h != nil {
-		if errno := n.commitContent(h.c, engine.Journal); errno != 0 {
+		if errno := n.commitContent(h.c, engine.Journal, false); errno != 0 {
 			return errno
 		}
 	}
@@ -621,8 +653,11 @@ func (n *fileNode) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) s
 
 func (n *fileNode) Release(ctx context.Context, f gofs.FileHandle) syscall.Errno {
 	h := handleOf(f)
-	if h.write {
-		n.commitContent(h.c, engine.Journal) // creations and truncations without writes
+	n.mu.Lock()
+	kernel := h.c.kernel
+	n.mu.Unlock()
+	if h.write && !kernel {
+		n.commitContent(h.c, engine.Journal, false) // creations and truncations without writes
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -633,15 +668,69 @@ func (n *fileNode) Release(ctx context.Context, f gofs.FileHandle) syscall.Errno
 	h.c.refs--
 	if h.write {
 		h.c.writers--
+		if h.c.kernel && h.c.writers == 0 {
+			n.settleLocked(h.c)
+		}
 	}
-	if h.c.refs <= 0 && h.c == n.cur && !h.c.dirty && !n.local && !n.pending {
+	n.releasedLocked(h.c)
+	return 0
+}
+
+// waitSettledLocked returns once the file is not being committed after its last
+// writer's close (settleLocked): a writer or a truncate(2) waits for that (the
+// bytes are being hashed), then changes what was committed.
+func (n *fileNode) waitSettledLocked() {
+	for n.cur != nil && n.cur.settled != nil {
+		settled := n.cur.settled
+		n.mu.Unlock()
+		<-settled
+		n.mu.Lock()
+	}
+}
+
+// releasedLocked lets go of content c if no descriptor has it and it holds
+// nothing uncommitted.
+func (n *fileNode) releasedLocked(c *content) {
+	if c.refs > 0 || c.settled != nil {
+		return
+	}
+	if c == n.cur && !c.dirty && !n.local && !n.pending {
 		n.cur = nil
 		n.fsys.track(n, false)
 	}
-	if h.c.refs <= 0 && h.c != n.cur {
-		h.c.close() // no handle has it, and no open will find it
+	if c != n.cur {
+		c.close() // no handle has it, and no open will find it
 	}
-	return 0
+}
+
+// settleLocked commits what the kernel wrote to c's spill file, now that its
+// last writer is closed, on a goroutine of its own: nothing can write the bytes
+// any more, so they are hashed without the lock (appendHasher) while readers
+// opening meanwhile read the file directly, and the release returns at once (a
+// long one would keep readers off passthrough; see statfsFS.Release).
+func (n *fileNode) settleLocked(c *content) {
+	c.refresh()
+	if !c.dirty || n.local || c.settled != nil {
+		return
+	}
+	done := make(chan struct{})
+	c.settled = done
+	if c.spill != nil && c.length() > spillMin && c.sum == nil {
+		c.sum = newAppendHasher(nil)
+		c.sum.extend(c.spill, c.size)
+	}
+	sum := c.sum
+	go func() {
+		if sum != nil {
+			sum.wait()
+		}
+		n.commitContent(c, engine.Journal, false)
+		n.mu.Lock()
+		c.settled = nil
+		close(done)
+		n.releasedLocked(c)
+		n.mu.Unlock()
+	}()
 }
 
 // flush commits the node's current content (unmount, FlushAll).
@@ -650,16 +739,18 @@ func (n *fileNode) flush(d engine.Durability) {
 	c := n.cur
 	n.mu.Unlock()
 	if c != nil {
-		n.commitContent(c, d)
+		n.commitContent(c, d, false)
 	}
 }
 
 // commitContent commits c as the key's value if it was written and differs from
 // what the database holds. The node lock is held throughout, so writes through
-// other handles wait for the commit rather than race it.
-func (n *fileNode) commitContent(c *content, d engine.Durability) syscall.Errno {
+// other handles wait for the commit rather than race it. With park, a large file
+// the kernel writes to is parked instead, while it has writers (see Flush).
+func (n *fileNode) commitContent(c *content, d engine.Durability, park bool) syscall.Errno {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	c.refresh()
 	if n.local || !c.dirty {
 		return 0
 	}
@@ -667,21 +758,37 @@ func (n *fileNode) commitContent(c *content, d engine.Durability) syscall.Errno 
 	if errno == syscall.ENOENT {
 		// Unlinked while open: its data goes with it, as on a local disk.
 		c.dirty, n.pending = false, false
+		n.fsys.dropPark(c)
 		return 0
 	} else if errno != 0 {
 		return errno
+	}
+	if park && c.kernel && c.writers > 0 && c.length() > spillMin {
+		if c.park != 0 {
+			return 0
+		}
+		n.fsys.unhide(l)
+		seq, err := l.db.Park(l.store, l.path, c.spill, c.mtime, originFS)
+		if err == nil {
+			c.park = seq
+			return 0
+		}
+		if !errors.Is(err, engine.ErrNoPark) {
+			return toErrno(err)
+		}
 	}
 	if node, same := n.fsys.storedEqual(l, c); same {
 		// The key holds these bytes already (the same write came from elsewhere,
 		// or the file was written back unchanged): no commit, and the inode
 		// stands for that version.
 		c.dirty, n.pending = false, false
+		n.fsys.dropPark(c)
 		n.adoptLocked(c, l, node)
 		return 0
 	}
 	n.fsys.unhide(l)
 	id, errno := n.fsys.commitEntry(l.db, d, func(tx *engine.Tx) {
-		c.setValue(tx.Store(l.store), l.path)
+		c.setValue(tx, l.store, l.path)
 		tx.SetTime(c.mtime) // a file's mtime is when it was last written
 	})
 	if errno != 0 {
@@ -700,13 +807,22 @@ func (n *fileNode) commitContent(c *content, d engine.Durability) syscall.Errno 
 // committedLocked records that entry id stored content c at l: the inode now
 // stands for that version.
 func (n *fileNode) committedLocked(c *content, id engine.ID, l loc) {
-	c.dirty, n.pending = false, false
+	c.dirty, n.pending, c.park = false, false, 0
 	c.version, c.store, c.path, c.blob = id, l.store, l.path, nil
 	n.ver = version{entry: id, store: l.store, path: l.path, size: c.length(), mtime: c.mtime}
 	if c.length() > engine.BlobMin {
 		if st, err := l.db.Stat(l.store, l.path); err == nil && st.Entry == id {
 			n.ver.blob, c.blob = st.Blob, st.Blob
 		}
+	}
+}
+
+// dropPark forgets c's parked bytes: they are not to be committed (the file was
+// removed, or the key holds them already).
+func (f *FS) dropPark(c *content) {
+	if c != nil && c.park != 0 {
+		f.inst.DropPark(c.park)
+		c.park = 0
 	}
 }
 
