@@ -222,3 +222,10 @@ func (in *Instance) commitOneParked(seq uint64, rec parkRec) error {
 	}
 	return nil
 }
+
+// Parked returns how many values are parked and not committed yet.
+func (in *Instance) Parked() int {
+	n := 0
+	in.kv.Iterate([]byte{pPark}, false, func(k, v []byte) bool { n++; return true })
+	return n
+}

@@ -484,6 +484,10 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	}
 	n.fsys.track(n, true)
 	h := &handle{c: c, append: flags&syscall.O_APPEND != 0, write: write}
+	if c.kernel {
+		c.refresh()
+		h.stamp = c.stamp
+	}
 	if (!write || c.kernel) && (n.passOpen > 0 || n.passableLocked(c)) {
 		// go-fuse uses fd only when the inode has no backing file registered yet;
 		// the first reader passing through opened c.file.
@@ -491,8 +495,6 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		switch {
 		case c.kernel:
 			fd = int(c.spill.Fd())
-			c.refresh()
-			h.stamp = c.stamp
 		case c.file != nil:
 			fd = int(c.file.Fd())
 		}
@@ -762,6 +764,16 @@ func (n *fileNode) commitContent(c *content, d engine.Durability, park bool) sys
 		return 0
 	} else if errno != 0 {
 		return errno
+	}
+	if c.kernel && c.length() > int64(n.fsys.opts.MaxValue) {
+		// The kernel wrote past the value limit (its writes do not reach the mount
+		// to be refused, see Options.PassWrites): the file cannot be committed,
+		// and its close says so. Once its writers are gone it is given up.
+		if c.writers == 0 {
+			c.dirty, n.pending = false, false
+			n.fsys.dropPark(c)
+		}
+		return syscall.EFBIG
 	}
 	if park && c.kernel && c.writers > 0 && c.length() > spillMin {
 		if c.park != 0 {

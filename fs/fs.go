@@ -44,6 +44,11 @@ type Options struct {
 	// NoPassthrough keeps every read in this process, also where the kernel could
 	// read large files' blob files directly (see passHandle).
 	NoPassthrough bool
+	// PassWrites lets the kernel write files created on the mount straight into
+	// spill files (see dirNode.Create), where it passes reads through. Writes past
+	// MaxValue then succeed and the close fails with EFBIG, so it is off unless
+	// asked for.
+	PassWrites bool
 	// Sync, if set, provides the sync views of <mnt>/.sync/.
 	Sync SyncViews
 	// Observe, if set, is told of FUSE requests (metrics).

@@ -25,6 +25,8 @@ type Config struct {
 	LocalOnly []string `toml:"local_only"`
 	// Passthrough lets the kernel read large stored files from their blob files.
 	Passthrough bool `toml:"passthrough"`
+	// PassthroughWrites lets the kernel also write files created on the mount.
+	PassthroughWrites bool `toml:"passthrough_writes"`
 	// MetricsAddr, if set, serves Prometheus metrics at http://MetricsAddr/metrics.
 	MetricsAddr string `toml:"metrics_addr"`
 

@@ -119,6 +119,7 @@ func newConfigCmd(g *globals) *cobra.Command {
 			line("max_value", cfg.MaxValue)
 			line("local_only", cfg.LocalOnly)
 			line("passthrough", cfg.Passthrough)
+			line("passthrough_writes", cfg.PassthroughWrites)
 			line("cache.entry_timeout", cfg.Cache.Entry.String())
 			line("cache.attr_timeout", cfg.Cache.Attr.String())
 			line("sync.periodic", cfg.Sync.Periodic.String())

@@ -55,6 +55,7 @@ func newMountCmd(g *globals) *cobra.Command {
 				MaxValue:      maxValue,
 				LocalOnly:     n.cfg.LocalOnly,
 				NoPassthrough: !n.cfg.Passthrough,
+				PassWrites:    n.cfg.PassthroughWrites,
 				EntryTimeout:  n.cfg.Cache.Entry.Duration,
 				AttrTimeout:   n.cfg.Cache.Attr.Duration,
 				StatfsDir:     n.dir,
@@ -67,7 +68,7 @@ func newMountCmd(g *globals) *cobra.Command {
 			}
 			stopWatch := watchConfig(n, log, fsys)
 			defer stopWatch()
-			log.Info("mounted", "dir", dir, "data", n.dir, "key", n.inst.Identity().Public().String(), "listen", strings.Join(n.sync.Addrs(), ","), "passthrough", fsys.Passthrough())
+			log.Info("mounted", "dir", dir, "data", n.dir, "key", n.inst.Identity().Public().String(), "listen", strings.Join(n.sync.Addrs(), ","), "passthrough", fsys.Passthrough(), "passthrough_writes", fsys.Passthrough() && n.cfg.PassthroughWrites)
 
 			// `eidefs umount DIR`, run through the control socket, ends the mount as
 			// a signal does.

@@ -90,7 +90,7 @@ func reloadConfig(n *node, log *slog.Logger, fsys *fs.FS, path string, old Confi
 			RetryCap: cfg.Sync.RetryCap.Duration, Health: cfg.Sync.Health.Duration})
 	}
 	if cfg.MaxValue != old.MaxValue || cfg.Cache != old.Cache || !slices.Equal(cfg.Listen, old.Listen) || cfg.MetricsAddr != old.MetricsAddr || cfg.Passthrough != old.Passthrough {
-		log.Info("configuration reloaded; listen, max_value, metrics_addr, passthrough and [cache] take effect at the next start")
+		log.Info("configuration reloaded; listen, max_value, metrics_addr, passthrough, passthrough_writes and [cache] take effect at the next start")
 	}
 	log.Info("configuration reloaded", "file", path, "log_level", cfg.LogLevel, "peers", len(cfg.Peers))
 	return cfg, true

@@ -1,0 +1,247 @@
+package fs
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestLargeWritesPassThrough: a file created on the mount is written by the
+// kernel straight into a file of the mount's (FUSE passthrough): no write
+// reaches the mount's process. A large one is parked at its close and committed
+// after its last writer is gone; until then, and around it, the file behaves as
+// on a disk:
+//   - it reads back right after the close, and the store has it moments later;
+//   - a reader and a second writer opened while the first writer is open share
+//     its bytes;
+//   - a write through a descriptor still open after another one was closed
+//     (dup) is committed too;
+//   - renamed while being written, it ends up whole under the new name only;
+//   - fsync commits it while it is still open;
+//   - removed right after its close, it is not committed at all;
+//
+// and nothing stays parked.
+func TestLargeWritesPassThrough(t *testing.T) {
+	requireFUSE(t)
+	var writes atomic.Int64
+	inst := newBlobInstance(t)
+	f, mnt := mountWith(t, Options{Instance: inst, PassWrites: true,
+		Observe: func(op string, _ time.Duration, _ bool) {
+			if op == "write" {
+				writes.Add(1)
+			}
+		}})
+	pass := f.Passthrough()
+	if !pass && kernelAtLeast(t, 6, 9) {
+		t.Fatal("the kernel has FUSE passthrough, but the mount does not use it")
+	} else if !pass {
+		t.Log("this kernel has no FUSE passthrough: writes go through the mount; checking the rest")
+	}
+	for _, d := range []string{"d", "d/s"} {
+		if err := os.Mkdir(filepath.Join(mnt, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	big := randBytes(5 << 20)
+	at := func(name string) string { return filepath.Join(mnt, "d", "s", name) }
+	stored := func(name string, want []byte) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			got := readBack(inst, "d", name)
+			if got == string(want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the store holds %d bytes, want %d", name, len(got), len(want))
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	check := func(name string, want []byte) {
+		t.Helper()
+		if got, err := os.ReadFile(at(name)); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s reads %d bytes, %v; want %d", name, len(got), err, len(want))
+		}
+		stored(name, want)
+	}
+
+	// Written and read back.
+	if err := os.WriteFile(at("one"), big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	check("one", big)
+	if pass && writes.Load() != 0 {
+		t.Errorf("%d write requests reached the mount; want none", writes.Load())
+	}
+
+	// A reader and a second writer share the first writer's bytes.
+	w1, err := os.OpenFile(at("two"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w1.Write(big[:3<<20]); err != nil {
+		t.Fatal(err)
+	}
+	r, err := os.Open(at("two"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len(big)+1)
+	if n, _ := r.ReadAt(buf, 0); n != 3<<20 || !bytes.Equal(buf[:n], big[:n]) {
+		t.Errorf("a reader opened while the writer is open read %d bytes; want %d", n, 3<<20)
+	}
+	w2, err := os.OpenFile(at("two"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatalf("a second writer: %v", err)
+	}
+	if _, err := w2.Write(big[3<<20:]); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*os.File{w1, w2} {
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, _ := r.ReadAt(buf, 0); n != len(big) || !bytes.Equal(buf[:n], big) {
+		t.Errorf("the reader read %d bytes after the writers closed; want %d", n, len(big))
+	}
+	r.Close()
+	check("two", big)
+
+	// A write after another descriptor of the file was closed (its close parked
+	// the file) is committed too.
+	w, err := os.OpenFile(at("dup"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(big[:2<<20]); err != nil {
+		t.Fatal(err)
+	}
+	fd2, err := syscall.Dup(int(w.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := syscall.Pwrite(fd2, big[2<<20:], 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Close(fd2); err != nil {
+		t.Fatal(err)
+	}
+	check("dup", big)
+
+	// Renamed while being written.
+	w, err = os.OpenFile(at("old"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(big[:1<<20])
+	if err := os.Rename(at("old"), at("new")); err != nil {
+		t.Fatalf("rename while written: %v", err)
+	}
+	w.Write(big[1<<20:])
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	check("new", big)
+	if _, err := os.Stat(at("old")); !os.IsNotExist(err) {
+		t.Errorf("the old name after the rename: %v; want ENOENT", err)
+	}
+	stored("old", nil)
+
+	// fsync commits while the file is open.
+	w, err = os.OpenFile(at("synced"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(big)
+	if err := w.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readBack(inst, "d", "synced"); got != string(big) {
+		t.Errorf("after fsync the store holds %d bytes; want %d", len(got), len(big))
+	}
+	w.Write(big[:10])
+	w.Close()
+	check("synced", append(bytes.Clone(big), big[:10]...))
+
+	// Removed after a close parked it (a second descriptor keeps it from being
+	// committed yet): never committed.
+	d, err := inst.Database("d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries := d.Info().Entries
+	w, err = os.OpenFile(at("gone"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(big)
+	if fd2, err = syscall.Dup(int(w.Fd())); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if n := inst.Parked(); n != 1 {
+		t.Errorf("%d values parked after the close; want 1", n)
+	}
+	if err := os.Remove(at("gone")); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Close(fd2)
+	time.Sleep(200 * time.Millisecond)
+	if got := d.Info().Entries; got != entries {
+		t.Errorf("%d entries after a file was parked and removed; want %d, as before", got, entries)
+	}
+	if n := inst.Parked(); n != 0 {
+		t.Errorf("%d values still parked", n)
+	}
+	if pass && writes.Load() != 0 {
+		t.Errorf("%d write requests reached the mount; want none", writes.Load())
+	}
+}
+
+// TestPassedWritesPastTheLimit: with writes passing through, the mount cannot
+// refuse a write past the value limit; the close fails with EFBIG instead and
+// nothing is committed.
+func TestPassedWritesPastTheLimit(t *testing.T) {
+	requireFUSE(t)
+	inst := newBlobInstance(t)
+	f, mnt := mountWith(t, Options{Instance: inst, PassWrites: true, MaxValue: 1 << 20})
+	if !f.Passthrough() {
+		if kernelAtLeast(t, 6, 9) {
+			t.Fatal("the kernel has FUSE passthrough, but the mount does not use it")
+		}
+		t.Skip("no FUSE passthrough: writes past the limit fail as they are made (TestFileTooLarge)")
+	}
+	for _, d := range []string{"d", "d/s"} {
+		if err := os.Mkdir(filepath.Join(mnt, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := filepath.Join(mnt, "d", "s", "big")
+	w, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(make([]byte, 1<<20+1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); !errors.Is(err, syscall.EFBIG) {
+		t.Errorf("close of a file past the limit: %v, want EFBIG", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if got := readBack(inst, "d", "big"); got != "" {
+		t.Errorf("the store holds %d bytes of a file past the limit", len(got))
+	}
+	if n := inst.Parked(); n != 0 {
+		t.Errorf("%d values still parked", n)
+	}
+}
