@@ -11,6 +11,7 @@
 #                  and loopback targets both live there, so they share a disk
 #   MEMCHECK=0     skip printing the RSS of the FUSE server processes
 #   NOPASS=0       skip the lb-nopass column (loopback without passthrough)
+#   PW=0           skip the eidefs-pw column (eidefs with passthrough_writes = true)
 #
 # Everything is mounted under one scratch directory; an EXIT trap unmounts
 # it all and kills the servers, also on failure or Ctrl-C.
@@ -158,22 +159,39 @@ if [[ ${NOPASS:-1} != 0 ]]; then
 	fi
 fi
 
-# 4. eidefs, if ./cmd/eidefs builds and its mount command works.
-if [[ -d cmd/eidefs ]] && go build -o "$TMP/eidefs" ./cmd/eidefs 2>"$TMP/eidefs-build.log"; then
-	mkdir -p "$TMP/data" "$TMP/eide"
-	"$TMP/eidefs" --data "$TMP/data" init >"$TMP/eidefs-init.log" 2>&1 || true
-	"$TMP/eidefs" --data "$TMP/data" mount "$TMP/eide" >"$TMP/eidefs.log" 2>&1 &
-	EIDE_PID=$!
-	PIDS+=("$EIDE_PID")
-	MOUNTS+=("$TMP/eide")
-	if wait_mount "$TMP/eide" "$EIDE_PID" 10 &&
-		mkdir "$TMP/eide/bench" "$TMP/eide/bench/files"; then
-		TARGETS+=(-target "eidefs=$TMP/eide/bench/files")
-		log "eidefs mounted at $TMP/eide (pid $EIDE_PID)"
+# mount_eidefs NAME [TOML_LINE]: mount eidefs (its own data directory, TOML_LINE
+# added to its eidefs.toml) as the column NAME; sets MOUNTED_PID.
+mount_eidefs() {
+	local name=$1 line=${2:-}
+	MOUNTED_PID=""
+	local mnt=$TMP/m-$name
+	mkdir -p "$TMP/$name-data" "$mnt"
+	"$TMP/eidefs" --data "$TMP/$name-data" init >"$TMP/$name-init.log" 2>&1 || true
+	if [[ -n $line ]]; then echo "$line" >>"$TMP/$name-data/eidefs.toml"; fi
+	"$TMP/eidefs" --data "$TMP/$name-data" mount "$mnt" >"$TMP/$name.log" 2>&1 &
+	local pid=$!
+	PIDS+=("$pid")
+	MOUNTS+=("$mnt")
+	if wait_mount "$mnt" "$pid" 10 &&
+		mkdir "$mnt/bench" "$mnt/bench/files"; then
+		TARGETS+=(-target "$name=$mnt/bench/files")
+		log "$name mounted at $mnt (pid $pid)"
+		MOUNTED_PID=$pid
 	else
-		note "eidefs: built but did not mount within 10 s (or mkdir failed); eidefs column skipped."
-		sed 's/^/    eidefs.log: /' "$TMP/eidefs.log" | tail -n 20 >&2 || true
-		EIDE_PID=""
+		note "$name: built but did not mount within 10 s (or mkdir failed); $name column skipped."
+		sed "s/^/    $name.log: /" "$TMP/$name.log" | tail -n 20 >&2 || true
+	fi
+}
+
+# 4. eidefs, if ./cmd/eidefs builds and its mount command works; and (PW=0 skips
+# it) eidefs with passthrough_writes = true, column eidefs-pw.
+PW_PID=""
+if [[ -d cmd/eidefs ]] && go build -o "$TMP/eidefs" ./cmd/eidefs 2>"$TMP/eidefs-build.log"; then
+	mount_eidefs eidefs
+	EIDE_PID=$MOUNTED_PID
+	if [[ ${PW:-1} != 0 ]]; then
+		mount_eidefs eidefs-pw "passthrough_writes = true"
+		PW_PID=$MOUNTED_PID
 	fi
 else
 	note "eidefs: ./cmd/eidefs missing or not buildable; eidefs column not measured."
@@ -203,6 +221,7 @@ run_all() {
 		rss_of loopback "$LB_PID"
 		if [[ -n $NP_PID ]]; then rss_of lb-nopass "$NP_PID"; fi
 		if [[ -n $EIDE_PID ]]; then rss_of eidefs "$EIDE_PID"; fi
+		if [[ -n $PW_PID ]]; then rss_of eidefs-pw "$PW_PID"; fi
 	fi
 }
 

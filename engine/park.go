@@ -51,9 +51,10 @@ func (in *Instance) parkPath(seq uint64) string {
 	return filepath.Join(in.parkDir(), strconv.FormatUint(seq, 10))
 }
 
-// ErrNoPark is Park's error when values cannot be parked (blobs are kept in
-// memory): the caller commits instead.
-var ErrNoPark = errors.New("engine: no blob directory to park values in")
+// ErrNoPark is Park's error when a value cannot be parked: blobs are kept in
+// memory, or the file cannot be given a name (an unnamed file that had one and
+// lost it again). The caller commits instead.
+var ErrNoPark = errors.New("engine: the value cannot be parked")
 
 // Park keeps the bytes of f, a SpillFile, as the value at path in store until
 // they are committed with Unpark or dropped with DropPark, and returns the
@@ -80,6 +81,11 @@ func (d *Database) Park(store string, path []string, f *os.File, tm time.Time, o
 	in.laterMu.Unlock()
 	proc := "/proc/self/fd/" + strconv.Itoa(int(f.Fd()))
 	if err := unix.Linkat(unix.AT_FDCWD, proc, unix.AT_FDCWD, in.parkPath(seq), unix.AT_SYMLINK_FOLLOW); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			// An O_TMPFILE file can be linked while it never had a name; one
+			// parked (or committed) before and unlinked since cannot.
+			return 0, fmt.Errorf("%w: %v", ErrNoPark, err)
+		}
 		return 0, fmt.Errorf("parking a value: %w", err)
 	}
 	rec := parkRec{D: d.id, S: store, P: slices.Clone(path), T: tm.UnixMilli(), O: origin}

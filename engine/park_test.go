@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"testing"
 	"time"
@@ -92,5 +93,25 @@ func TestParkNeedsABlobDirectory(t *testing.T) {
 	defer f.Close()
 	if _, err := db.Park("s", []string{"k"}, f, time.Now(), ""); err != ErrNoPark {
 		t.Fatalf("Park without blobs: %v, want ErrNoPark", err)
+	}
+}
+
+// A file parked and dropped (its name removed) cannot be linked again: a second
+// Park says ErrNoPark, and the caller commits instead.
+func TestParkAgainAfterDrop(t *testing.T) {
+	dir, id := t.TempDir(), NewIdentity()
+	in, closeIn := diskInstanceAt(t, dir, id)
+	defer closeIn()
+	db, _ := in.CreateDatabase("d", "")
+	f, seq := parkedFile(t, in, db, "k", bigValue(2*BlobMin, 1), time.Now())
+	defer f.Close()
+	if err := in.DropPark(seq); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Park("s", []string{"k"}, f, time.Now(), ""); !errors.Is(err, ErrNoPark) {
+		t.Fatalf("parking a file again after its record was dropped: %v, want ErrNoPark", err)
+	}
+	if n := in.Parked(); n != 0 {
+		t.Fatalf("%d parked", n)
 	}
 }

@@ -57,6 +57,23 @@ type content struct {
 	// settled is closed when the commit after the last writer's close (settle) is
 	// done; nil when none is under way.
 	settled chan struct{}
+	// watching: the last writer's descriptor is released, but a shared mapping
+	// made through it may still write spill (lastWriterGoneLocked).
+	watching bool
+}
+
+// othersWrite reports whether an open file other than f (open for writing) may
+// write f's file: the kernel's backing file under a shared writable mapping
+// outlives the descriptor the mapping was made through, and that descriptor's
+// release. A write lease is granted only while no other open file may write the
+// file (nor, where the kernel counts readers (IMA), read it).
+func othersWrite(f *os.File) bool {
+	fd := f.Fd()
+	if _, err := unix.FcntlInt(fd, unix.F_SETLEASE, unix.F_WRLCK); err != nil {
+		return true
+	}
+	unix.FcntlInt(fd, unix.F_SETLEASE, unix.F_UNLCK)
+	return false
 }
 
 // fileStamp tells whether a file changed: the kernel sets its change time at
@@ -360,7 +377,7 @@ func (c *content) setValue(tx *engine.Tx, store string, path []string) {
 		tx.Unpark(c.park)
 	}
 	if c.spill != nil {
-		if c.kernel && c.writers > 0 {
+		if c.kernel && (c.writers > 0 || c.watching) {
 			// The kernel may still write the file: the blob is a copy.
 			s.SetPathFileCopy(path, c.spill, c.size)
 			return

@@ -671,7 +671,7 @@ func (n *fileNode) Release(ctx context.Context, f gofs.FileHandle) syscall.Errno
 	if h.write {
 		h.c.writers--
 		if h.c.kernel && h.c.writers == 0 {
-			n.settleLocked(h.c)
+			n.lastWriterGoneLocked(h.c)
 		}
 	}
 	n.releasedLocked(h.c)
@@ -693,7 +693,7 @@ func (n *fileNode) waitSettledLocked() {
 // releasedLocked lets go of content c if no descriptor has it and it holds
 // nothing uncommitted.
 func (n *fileNode) releasedLocked(c *content) {
-	if c.refs > 0 || c.settled != nil {
+	if c.refs > 0 || c.settled != nil || c.watching {
 		return
 	}
 	if c == n.cur && !c.dirty && !n.local && !n.pending {
@@ -703,6 +703,46 @@ func (n *fileNode) releasedLocked(c *content) {
 	if c != n.cur {
 		c.close() // no handle has it, and no open will find it
 	}
+}
+
+// lastWriterGoneLocked follows the release of the last writer of c, a file the
+// kernel writes: c is committed (settleLocked), or, while a shared mapping made
+// through a writer may still write its spill file (the kernel releases the
+// descriptor before the mapping is gone), watched until the mapping is gone and
+// then committed, whatever its change time says (a write through a mapping
+// changes it only at the first write to each page).
+func (n *fileNode) lastWriterGoneLocked(c *content) {
+	if c.spill == nil || !othersWrite(c.spill) {
+		n.settleLocked(c)
+		return
+	}
+	if c.watching {
+		return
+	}
+	c.watching = true
+	go func() {
+		for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+			select {
+			case <-n.fsys.done:
+				wait = 0 // unmounted (which committed it): stop
+			case <-time.After(wait):
+			}
+			n.mu.Lock()
+			gone := wait == 0 || c.spill == nil || c.writers > 0 || !othersWrite(c.spill)
+			if gone {
+				c.watching = false
+				c.dirty = true
+				if wait != 0 && c.writers == 0 {
+					n.settleLocked(c)
+				} // else a writer opened it again: its release takes over
+				n.releasedLocked(c)
+			}
+			n.mu.Unlock()
+			if gone {
+				return
+			}
+		}
+	}()
 }
 
 // settleLocked commits what the kernel wrote to c's spill file, now that its

@@ -405,15 +405,21 @@ func firstDifference(a, b []byte) int {
 }
 
 // TestLargeFilesStress: goroutines read (whole, through a descriptor held a
-// while, through mmap), overwrite, append to, truncate and pwrite into three
-// large files at random, with passthrough on: no call fails (the kernel answers
-// EIO to an open whose I/O mode conflicts with the inode's other descriptors,
-// ETXTBSY or ESTALE would reach a writer), and at the end each file, on the mount
-// and in the engine, holds what its last writer wrote.
+// while, through mmap), overwrite, append to, truncate, pwrite into and replace
+// (a new file renamed over it) three large files at random, with passthrough on,
+// also for the writes of new files: no call fails (the kernel answers EIO to an
+// open whose I/O mode conflicts with the inode's other descriptors, ETXTBSY or
+// ESTALE would reach a writer), and at the end each file, on the mount and in
+// the engine, holds what its last writer wrote, and nothing stays parked.
 func TestLargeFilesStress(t *testing.T) {
 	requireFUSE(t)
+	t.Run("reads", func(t *testing.T) { testLargeFilesStress(t, false) })
+	t.Run("writes", func(t *testing.T) { testLargeFilesStress(t, true) })
+}
+
+func testLargeFilesStress(t *testing.T, passWrites bool) {
 	inst := newBlobInstance(t)
-	f, mnt := mountOn(t, inst)
+	f, mnt := mountWith(t, Options{Instance: inst, PassWrites: passWrites})
 	if !f.Passthrough() && kernelAtLeast(t, 6, 9) {
 		t.Fatal("the kernel has FUSE passthrough, but the mount does not use it")
 	}
@@ -465,9 +471,23 @@ func TestLargeFilesStress(t *testing.T) {
 		if got, err := os.ReadFile(fl.path); err != nil || !bytes.Equal(got, fl.want) {
 			t.Errorf("f%d: the mount shows %d bytes (%v), want %d (first difference at %d)", i, len(got), err, len(fl.want), firstDifference(got, fl.want))
 		}
-		if v, err := db.Get("s", []string{fmt.Sprintf("f%d", i)}); err != nil || !bytes.Equal(v.Value, fl.want) {
-			t.Errorf("f%d: the engine holds %d bytes (%v), want %d", i, len(v.Value), err, len(fl.want))
+		// A file's last commit may follow its last close by a few milliseconds
+		// (a parked file is committed after its release).
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			v, err := db.Get("s", []string{fmt.Sprintf("f%d", i)})
+			if err == nil && bytes.Equal(v.Value, fl.want) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("f%d: the engine holds %d bytes (%v), want %d", i, len(v.Value), err, len(fl.want))
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
+	}
+	if n := inst.Parked(); n != 0 {
+		t.Errorf("%d values still parked", n)
 	}
 }
 
@@ -510,7 +530,16 @@ func stressOp(rng *mrand.Rand, path string, mu *sync.Mutex, want *[]byte) error 
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	switch rng.IntN(4) {
+	switch rng.IntN(5) {
+	case 4: // replace: a new file renamed over it (sed -i, rsync)
+		b := randBytes(70_000 + rng.IntN(300_000))
+		if err := os.WriteFile(path+".new", b, 0o644); err != nil {
+			return wrap("write the replacement", err)
+		}
+		if err := os.Rename(path+".new", path); err != nil {
+			return wrap("rename the replacement", err)
+		}
+		*want = b
 	case 0: // overwrite
 		b := randBytes(70_000 + rng.IntN(300_000))
 		if err := os.WriteFile(path, b, 0o644); err != nil {

@@ -3,12 +3,15 @@ package fs
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/eidefs/eidefs/engine"
 )
 
 // TestLargeWritesPassThrough: a file created on the mount is written by the
@@ -243,5 +246,66 @@ func TestPassedWritesPastTheLimit(t *testing.T) {
 	}
 	if n := inst.Parked(); n != 0 {
 		t.Errorf("%d values still parked", n)
+	}
+}
+
+// TestPassedWritesThroughAMapping: a file created on the mount, sized with
+// ftruncate, mapped shared and written through the mapping after its descriptor
+// was closed (the kernel may release a passed-through descriptor while a mapping
+// of its backing file still writes to it): the store ends with what the mapping
+// wrote, and every blob is what its name says.
+func TestPassedWritesThroughAMapping(t *testing.T) {
+	requireFUSE(t)
+	inst := newBlobInstance(t)
+	_, mnt := mountWith(t, Options{Instance: inst, PassWrites: true})
+	if err := os.MkdirAll(filepath.Join(mnt, "d", "s"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{3 << 20, 5000} {
+		mappedFile(t, inst, filepath.Join(mnt, "d", "s", fmt.Sprint("mapped", size)), size)
+	}
+}
+
+func mappedFile(t *testing.T, inst *engine.Instance, p string, size int) {
+	t.Helper()
+	key := filepath.Base(p)
+	w, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Truncate(int64(size)); err != nil {
+		t.Fatal(err)
+	}
+	m, err := syscall.Mmap(int(w.Fd()), 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // any commit after the release is done
+	want := randBytes(size)
+	copy(m, want)
+	if err := syscall.Munmap(m); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for readBack(inst, "d", key) != string(want) {
+		if time.Now().After(deadline) {
+			got := readBack(inst, "d", key)
+			t.Fatalf("the store holds %d bytes, not what the mapping wrote (first difference at %d)", len(got), firstDifference([]byte(got), want))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("the mount shows %d bytes, %v", len(got), err)
+	}
+	d, _ := inst.Database("d")
+	n, err := d.Stat("s", []string{key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum := engine.BlobSum(want); size > engine.BlobMin && !bytes.Equal(n.Blob, sum[:]) {
+		t.Errorf("the stored version names blob %x, but its bytes hash to %x: a blob changed after its commit", n.Blob[:8], sum[:8])
 	}
 }
