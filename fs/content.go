@@ -60,6 +60,10 @@ type content struct {
 	// watching: the last writer's descriptor is released, but a shared mapping
 	// made through it may still write spill (lastWriterGoneLocked).
 	watching bool
+	// readPassed: a reader's descriptor passed through to spill (it could map it);
+	// named: spill was parked under a name (it cannot be parked again). Either
+	// keeps spill from being used again for another file (FS.recycle).
+	readPassed, named bool
 }
 
 // othersWrite reports whether an open file other than f (open for writing) may

@@ -377,7 +377,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 		// Its writes (and reads) pass through to a spill file: the kernel writes
 		// a large file as fast as to a local disk, and the close parks it (see
 		// Flush). Small files are committed at close as ever.
-		if sp, err := d.fsys.inst.SpillFile(); err == nil && sp != nil {
+		if sp, err := d.fsys.spillFile(); err == nil && sp != nil {
 			c.spill, c.kernel = sp, true
 			c.refresh()
 			h.stamp = c.stamp

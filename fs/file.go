@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -500,6 +501,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		}
 		ph := &passHandle{handle: h, fd: fd}
 		n.countLocked(ph, 1)
+		c.readPassed = c.readPassed || c.kernel && !write
 		return ph, 0, 0
 	}
 	n.countLocked(h, 1)
@@ -701,16 +703,19 @@ func (n *fileNode) releasedLocked(c *content) {
 		n.fsys.track(n, false)
 	}
 	if c != n.cur {
+		n.fsys.recycle(c)
 		c.close() // no handle has it, and no open will find it
 	}
 }
 
 // lastWriterGoneLocked follows the release of the last writer of c, a file the
-// kernel writes: c is committed (settleLocked), or, while a shared mapping made
-// through a writer may still write its spill file (the kernel releases the
-// descriptor before the mapping is gone), watched until the mapping is gone and
-// then committed, whatever its change time says (a write through a mapping
-// changes it only at the first write to each page).
+// kernel writes: c is committed (settleLocked). While another open file may
+// still write its spill file (the kernel's backing file under a shared mapping
+// made through a writer, released before the mapping is gone; othersWrite also
+// counts a reader's), the commit copies the bytes, and c is watched until no
+// other file has it open, then committed again if the bytes changed, whatever
+// their change time says (a write through a mapping changes it only at the
+// first write to each page).
 func (n *fileNode) lastWriterGoneLocked(c *content) {
 	if c.spill == nil || !othersWrite(c.spill) {
 		n.settleLocked(c)
@@ -720,6 +725,7 @@ func (n *fileNode) lastWriterGoneLocked(c *content) {
 		return
 	}
 	c.watching = true
+	n.settleLocked(c)
 	go func() {
 		for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
 			select {
@@ -728,7 +734,7 @@ func (n *fileNode) lastWriterGoneLocked(c *content) {
 			case <-time.After(wait):
 			}
 			n.mu.Lock()
-			gone := wait == 0 || c.spill == nil || c.writers > 0 || !othersWrite(c.spill)
+			gone := wait == 0 || c.spill == nil || c.writers > 0 || c.settled == nil && !othersWrite(c.spill)
 			if gone {
 				c.watching = false
 				c.dirty = true
@@ -757,7 +763,11 @@ func (n *fileNode) settleLocked(c *content) {
 	}
 	done := make(chan struct{})
 	c.settled = done
-	if c.spill != nil && c.length() > spillMin && c.sum == nil {
+	if c.spill != nil && c.length() > spillMin {
+		// A hash from an earlier settle is of bytes the kernel may have changed.
+		if c.sum != nil {
+			c.sum.wait()
+		}
 		c.sum = newAppendHasher(nil)
 		c.sum.extend(c.spill, c.size)
 	}
@@ -822,7 +832,7 @@ func (n *fileNode) commitContent(c *content, d engine.Durability, park bool) sys
 		n.fsys.unhide(l)
 		seq, err := l.db.Park(l.store, l.path, c.spill, c.mtime, originFS)
 		if err == nil {
-			c.park = seq
+			c.park, c.named = seq, true
 			return 0
 		}
 		if !errors.Is(err, engine.ErrNoPark) {
@@ -867,6 +877,46 @@ func (n *fileNode) committedLocked(c *content, id engine.ID, l loc) {
 			n.ver.blob, c.blob = st.Blob, st.Blob
 		}
 	}
+}
+
+// maxSpares is how many spill files of small files created here are kept for
+// the next ones (FS.recycle).
+const maxSpares = 32
+
+// spillFile returns a spill file for a file created here: one a small file used
+// before, emptied, or a new one. Making a file costs an inode on the data disk
+// (~100 µs where the disk is busy, half a small file's creation); emptying one
+// costs ~2 µs.
+func (f *FS) spillFile() (*os.File, error) {
+	f.spareMu.Lock()
+	if k := len(f.spares); k > 0 {
+		sp := f.spares[k-1]
+		f.spares = f.spares[:k-1]
+		f.spareMu.Unlock()
+		return sp, nil
+	}
+	f.spareMu.Unlock()
+	return f.inst.SpillFile()
+}
+
+// recycle keeps c's spill file for the next file created here (spillFile), if
+// nothing else can see it any more: c was written by the kernel and stayed
+// small (its bytes were copied into the store, the file never became a blob
+// and never had a name), no reader passed through to it (a reader's mapping
+// would show the next file's bytes), and no other open file may write it (a
+// writer's mapping; othersWrite).
+func (f *FS) recycle(c *content) {
+	sp := c.spill
+	if !c.kernel || sp == nil || c.readPassed || c.named || c.shared || c.size > spillMin || othersWrite(sp) {
+		return
+	}
+	f.spareMu.Lock()
+	defer f.spareMu.Unlock()
+	if len(f.spares) >= maxSpares || sp.Truncate(0) != nil {
+		return
+	}
+	f.spares = append(f.spares, sp)
+	c.spill = nil // not closed with c
 }
 
 // dropPark forgets c's parked bytes: they are not to be committed (the file was

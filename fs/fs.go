@@ -15,6 +15,7 @@ import (
 	"errors"
 	"hash/fnv"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"runtime/debug"
 	"sync"
@@ -108,6 +109,8 @@ type FS struct {
 	unlinked        []*hiddenKey
 	unlinkedFlushed int
 	open            map[*fileNode]bool // nodes with content in memory
+	spareMu         sync.Mutex         // guards spares
+	spares          []*os.File         // spill files to use again (spillFile)
 	gens            map[genKey]uint32  // see childIno
 	noPassIno       map[genKey]uint64  // see retireForWriter
 
@@ -255,6 +258,12 @@ func (f *FS) stop() {
 		f.commitHiddenDelete(k)
 	}
 	f.flushUnlinks()
+	f.spareMu.Lock()
+	for _, sp := range f.spares {
+		sp.Close()
+	}
+	f.spares = nil
+	f.spareMu.Unlock()
 }
 
 // FlushAll commits the buffered writes of every open file.

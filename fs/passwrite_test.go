@@ -309,3 +309,71 @@ func mappedFile(t *testing.T, inst *engine.Instance, p string, size int) {
 		t.Errorf("the stored version names blob %x, but its bytes hash to %x: a blob changed after its commit", n.Blob[:8], sum[:8])
 	}
 }
+
+// TestPassedWritesReuseSpillFiles: small files created on the mount one after
+// another (their spill files are emptied and used again) each hold their own
+// bytes; a file a reader mapped while it was being written, and one mapped by
+// its writer, keep theirs while newer files are created and the mappings last.
+func TestPassedWritesReuseSpillFiles(t *testing.T) {
+	requireFUSE(t)
+	inst := newBlobInstance(t)
+	_, mnt := mountWith(t, Options{Instance: inst, PassWrites: true})
+	dir := filepath.Join(mnt, "d", "s")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	content := func(i int) []byte { return bytes.Repeat([]byte{byte('a' + i%26)}, 100+i*37%3000) }
+
+	// A reader maps a file while its writer has it open; its writer maps another.
+	w, err := os.OpenFile(filepath.Join(dir, "read-mapped"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(content(1000))
+	r, err := os.Open(filepath.Join(dir, "read-mapped"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rm, err := syscall.Mmap(int(r.Fd()), 0, len(content(1000)), syscall.PROT_READ, syscall.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Munmap(rm)
+	r.Close()
+	w.Close()
+	wf, err := os.OpenFile(filepath.Join(dir, "write-mapped"), os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wf.Write(content(1001))
+	wm, err := syscall.Mmap(int(wf.Fd()), 0, len(content(1001)), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Munmap(wm)
+	wf.Close()
+
+	for i := range 300 {
+		p := filepath.Join(dir, fmt.Sprint("f", i))
+		if err := os.WriteFile(p, content(i), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if i > 0 {
+			j := (i * 7) % i
+			if got, err := os.ReadFile(filepath.Join(dir, fmt.Sprint("f", j))); err != nil || !bytes.Equal(got, content(j)) {
+				t.Fatalf("f%d read back after f%d was written: %q..., %v", j, i, got[:min(len(got), 20)], err)
+			}
+		}
+	}
+	for i := range 300 {
+		if got := readBack(inst, "d", fmt.Sprint("f", i)); got != string(content(i)) {
+			t.Fatalf("f%d: the store holds %q...", i, got[:min(len(got), 20)])
+		}
+	}
+	if !bytes.Equal(rm, content(1000)) {
+		t.Errorf("a reader's mapping shows other bytes after newer files were created")
+	}
+	if !bytes.Equal(wm, content(1001)) {
+		t.Errorf("a writer's mapping shows other bytes after newer files were created")
+	}
+}

@@ -67,6 +67,7 @@ type config struct {
 	maxRSSGrowth     float64
 	maxCountGrowth   float64
 	syncConf         map[string]string
+	passWrites       bool // passthrough_writes = true in each node's eidefs.toml
 }
 
 func logf(format string, args ...any) {
@@ -96,6 +97,7 @@ func parseFlags() *config {
 	flag.DurationVar(&c.converge, "converge", 60*time.Second, "how long the nodes may take to converge after the load")
 	flag.Float64Var(&c.maxRSSGrowth, "max-rss-growth", 1.5, "flat: median RSS of the last fifth at most this times the first fifth's")
 	flag.Float64Var(&c.maxCountGrowth, "max-count-growth", 1.25, "flat: median goroutines (open files other than tables) of the last fifth at most this times the first fifth's, plus 10")
+	flag.BoolVar(&c.passWrites, "passthrough-writes", false, "passthrough_writes = true in each node's eidefs.toml")
 	syncFlags := map[string]*string{}
 	for _, k := range []struct{ key, def string }{{"periodic", "5s"}, {"retry", "1s"}, {"retry_cap", "5s"}, {"health", "5s"}} {
 		syncFlags[k.key] = flag.String("sync-"+strings.ReplaceAll(k.key, "_", "-"), k.def, "[sync] "+k.key+" in each node's eidefs.toml")
@@ -248,7 +250,7 @@ func run(ctx context.Context, cfg *config) (*report, error) {
 	c := &cluster{}
 	defer c.shutdown()
 	for _, name := range []string{"a", "b", "c"} {
-		n, err := newNode(cfg.bin, cfg.dir, name, cfg.syncConf)
+		n, err := newNode(cfg.bin, cfg.dir, name, cfg.syncConf, cfg.passWrites)
 		if err != nil {
 			return nil, err
 		}

@@ -70,7 +70,7 @@ func freeAddr(network string) (string, error) {
 
 // newNode initialises DIR/name (data) and DIR/name-mnt (mount point) and writes the
 // node's eidefs.toml: its name, log level warn and the short sync intervals.
-func newNode(bin, dir, name string, syncConf map[string]string) (*node, error) {
+func newNode(bin, dir, name string, syncConf map[string]string, passWrites bool) (*node, error) {
 	n := &node{name: name, bin: bin, data: filepath.Join(dir, name), logPath: filepath.Join(dir, name+".log"),
 		pidPath: filepath.Join(dir, name+".pid")}
 	var err error
@@ -99,15 +99,16 @@ func newNode(bin, dir, name string, syncConf map[string]string) (*node, error) {
 	if n.key == "" {
 		return nil, fmt.Errorf("node %s: eidefs init printed no device key: %s", name, out)
 	}
-	if err := n.writeConfig(syncConf); err != nil {
+	if err := n.writeConfig(syncConf, passWrites); err != nil {
 		return nil, fmt.Errorf("node %s: %w", name, err)
 	}
 	return n, nil
 }
 
 // writeConfig rewrites the top-level name and log_level of the eidefs.toml init
-// wrote and appends a [sync] table (init writes none).
-func (n *node) writeConfig(syncConf map[string]string) error {
+// wrote (with passWrites, passthrough_writes too) and appends a [sync] table
+// (init writes none).
+func (n *node) writeConfig(syncConf map[string]string, passWrites bool) error {
 	path := filepath.Join(n.data, "eidefs.toml")
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -123,7 +124,11 @@ func (n *node) writeConfig(syncConf map[string]string) error {
 		}
 		out = append(out, line)
 	}
-	out = append(out, fmt.Sprintf("name = %q", n.name), `log_level = "warn"`, "", "[sync]")
+	out = append(out, fmt.Sprintf("name = %q", n.name), `log_level = "warn"`)
+	if passWrites {
+		out = append(out, "passthrough_writes = true")
+	}
+	out = append(out, "", "[sync]")
 	for _, k := range []string{"periodic", "retry", "retry_cap", "health"} {
 		if v := syncConf[k]; v != "" {
 			out = append(out, fmt.Sprintf("%s = %q", k, v))

@@ -225,8 +225,8 @@ func (r *report) print(w io.Writer) {
 			kept = append(kept, n.name)
 		}
 	}
-	fmt.Fprintf(w, "- nodes a, b, c (`eidefs mount`), [sync] periodic=%s retry=%s retry_cap=%s health=%s; never stopped: %s\n",
-		cfg.syncConf["periodic"], cfg.syncConf["retry"], cfg.syncConf["retry_cap"], cfg.syncConf["health"], strings.Join(kept, ","))
+	fmt.Fprintf(w, "- nodes a, b, c (`eidefs mount`), passthrough_writes=%v, [sync] periodic=%s retry=%s retry_cap=%s health=%s; never stopped: %s\n",
+		cfg.passWrites, cfg.syncConf["periodic"], cfg.syncConf["retry"], cfg.syncConf["retry_cap"], cfg.syncConf["health"], strings.Join(kept, ","))
 	fmt.Fprintf(w, "- load: %d writers and %d readers per node (mean pause %v / %v), stops every %v–%v (SIGTERM %.0f%%), down %v–%v, eidefs sync every %v–%v; seed %d\n\n",
 		cfg.writers, cfg.readers, cfg.pace, cfg.readPace, cfg.killMin, cfg.killMax, 100*cfg.termRate, cfg.downMin, cfg.downMax, cfg.syncMin, cfg.syncMax, cfg.seed)
 
