@@ -273,3 +273,53 @@ rm f`))
 		m.Stop(t)
 	}
 }
+
+// TestPassthroughWritesSetting: with `passthrough_writes = true` on a kernel with
+// FUSE passthrough, the mount says so; files made by cp, tar and a shell
+// redirection read back whole at once and are in the store moments later, also
+// after a kill -9; and a file past max_value is refused at its close: cp says
+// "File too large" and the name is gone.
+func TestPassthroughWritesSetting(t *testing.T) {
+	m := mount(t, mountOpts{Config: map[string]string{"passthrough_writes": "true", "max_value": `"4MiB"`}})
+	dir := newStore(t, m, "notes", "files")
+	for end := time.Now().Add(5 * time.Second); !strings.Contains(m.output.String(), "msg=mounted") && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	rel := mustSh(t, "/", "uname -r")
+	var major, minor int
+	fmt.Sscanf(rel, "%d.%d", &major, &minor)
+	if major > 6 || major == 6 && minor >= 9 {
+		if !strings.Contains(m.output.String(), "passthrough_writes=true") {
+			t.Errorf("Linux %s: the mount's log does not say passthrough_writes=true:\n%s", strings.TrimSpace(rel), m.output)
+		}
+	}
+	local := t.TempDir()
+	env := append(m.env(), "L="+local)
+	run := func(script string) string {
+		t.Helper()
+		return mustSh(t, dir, script, env...)
+	}
+	run(`head -c 3000000 /dev/urandom > "$L/big" && cp "$L/big" big && cmp "$L/big" big &&
+mkdir "$L/t" && head -c 200000 /dev/urandom > "$L/t/a" && echo small > "$L/t/b" && tar -C "$L" -cf "$L/t.tar" t &&
+tar -xf "$L/t.tar" && cmp "$L/t/a" t/a && cmp "$L/t/b" t/b &&
+cat "$L/big" "$L/big" | head -c 4194304 > exact && [ "$(stat -c %s exact)" = 4194304 ]`)
+	_, errOut, code := sh(t, dir, `head -c 5000000 /dev/urandom > "$L/huge" && cp "$L/huge" huge`, env...)
+	if code == 0 || !strings.Contains(errOut, "File too large") {
+		t.Errorf("cp of a file past max_value: exit %d %q, want File too large", code, errOut)
+	}
+	m.Kill(t) // right after the last close: large files may still be parked
+	want, _ := os.ReadFile(filepath.Join(local, "big"))
+	if got := mustCLI(t, m.Data, "get", "notes", "files", "big"); got != string(want) {
+		t.Errorf("eidefs get big after kill -9: %d bytes, want %d", len(got), len(want))
+	}
+	if got := mustCLI(t, m.Data, "get", "notes", "files", "t", "a"); len(got) != 200000 {
+		t.Errorf("eidefs get t/a after kill -9: %d bytes, want 200000", len(got))
+	}
+	if got := mustCLI(t, m.Data, "get", "notes", "files", "exact"); len(got) != 4194304 {
+		t.Errorf("eidefs get exact after kill -9: %d bytes, want 4194304", len(got))
+	}
+	if _, errOut, code := cli(t, m.Data, "get", "notes", "files", "huge"); code == 0 {
+		t.Errorf("eidefs get huge: a file past max_value was stored (%s)", errOut)
+	}
+	checkBlobs(t, m.Data)
+}
