@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"slices"
 	"strconv"
@@ -473,9 +474,22 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		}
 	}
 	c := n.cur
+	// A writer alone on a stored file passes its writes through too (see
+	// Options.PassWrites), unless the file was just taken off its name for a
+	// writer that met readers passing through (noPassUntil).
+	passWrite := write && n.fsys.opts.PassWrites && n.fsys.passthrough.Load() && !c.kernel && c.refs == 0 &&
+		n.passOpen == 0 && n.cacheOpen == 0 && !n.local && !n.pending && !c.dirty &&
+		!time.Now().Before(n.noPassUntil) && n.fsys.releasing.Load() == 0
 	if write && flags&syscall.O_TRUNC != 0 {
-		c.loaded = true
-		if errno := c.truncate(n.fsys, 0); errno != 0 {
+		if !c.loaded {
+			// The version's bytes were never read: all of them are cut.
+			c.loaded, c.data, c.dirty, c.mtime = true, nil, true, nowMs()
+		} else if errno := c.truncate(n.fsys, 0); errno != 0 {
+			return nil, 0, errno
+		}
+	}
+	if passWrite {
+		if errno := n.kernelWritesLocked(c); errno != 0 {
 			return nil, 0, errno
 		}
 	}
@@ -515,6 +529,50 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		n.kernelVersion = engine.ID{}
 	}
 	return h, fuseFlags, 0
+}
+
+// kernelWritesLocked makes c, about to be opened by its only writer, a file the
+// kernel writes (see dirNode.Create): its bytes move to a spill file of its own.
+// Where there is no spill file to be had (blobs in memory), c stays as it is.
+func (n *fileNode) kernelWritesLocked(c *content) syscall.Errno {
+	if errno := n.loadLocked(c); errno != 0 {
+		return errno
+	}
+	if c.spill == nil || c.shared {
+		sp, err := n.fsys.spillFile()
+		if err != nil || sp == nil {
+			return toErrno(err)
+		}
+		var werr error
+		if c.spill != nil {
+			_, werr = io.Copy(sp, io.NewSectionReader(c.spill, 0, c.size))
+		} else if len(c.data) > 0 {
+			_, werr = sp.WriteAt(c.data, 0)
+		}
+		if werr != nil {
+			sp.Close()
+			return toErrno(werr)
+		}
+		if c.sum != nil {
+			c.sum.wait() // it may be reading the old file
+		}
+		if c.spill != nil {
+			c.spill.Close()
+		}
+		c.spill, c.size, c.data, c.shared = sp, c.length(), nil, false
+	}
+	if c.sum != nil {
+		c.sum.wait()
+		c.sum = nil // the kernel's writes are not hashed as they come
+	}
+	c.kernel = true
+	dirty, mtime := c.dirty, c.mtime
+	c.refresh() // (copying the bytes is no write)
+	c.dirty, c.mtime = dirty, mtime
+	// The inode's pages in the kernel are not what the kernel will write: an open
+	// through the page cache must drop them (no FOPEN_KEEP_CACHE).
+	n.kernelVersion = engine.ID{}
+	return 0
 }
 
 // countLocked adds d (1 at an open or create, -1 at its release) to the count of

@@ -45,8 +45,9 @@ type Options struct {
 	// NoPassthrough keeps every read in this process, also where the kernel could
 	// read large files' blob files directly (see passHandle).
 	NoPassthrough bool
-	// PassWrites lets the kernel write files created on the mount straight into
-	// spill files (see dirNode.Create), where it passes reads through. Writes past
+	// PassWrites lets the kernel write files created on the mount, and files
+	// opened by a single writer, straight into spill files (see dirNode.Create,
+	// fileNode.kernelWritesLocked), where it passes reads through. Writes past
 	// MaxValue then succeed and the close fails with EFBIG, so it is off unless
 	// asked for.
 	PassWrites bool
@@ -149,6 +150,13 @@ func Mount(dir string, o Options) (*FS, error) {
 		hidden: map[string]*hiddenKey{}, gens: map[genKey]uint32{}, noPassIno: map[genKey]uint64{}, open: map[*fileNode]bool{}, done: make(chan struct{})}
 	f.root = &rootNode{fsys: f}
 	f.ctl = &ctlFile{fsys: f}
+	caps := uint64(fuse.CAP_READDIRPLUS_AUTO | fuse.CAP_HANDLE_KILLPRIV_V2)
+	if o.PassWrites {
+		// open(O_TRUNC) arrives as one OPEN with O_TRUNC rather than an OPEN and
+		// then a SETATTR to size 0: an open whose writes pass through must know
+		// it need not copy the bytes it is about to cut (fileNode.Open).
+		caps |= fuse.CAP_ATOMIC_O_TRUNC
+	}
 	entry, attr := o.EntryTimeout, o.AttrTimeout
 	var neg time.Duration // no negative caching: a peer may create any name
 	gopts := &gofs.Options{
@@ -172,7 +180,7 @@ func Mount(dir string, o Options) (*FS, error) {
 			// are none to clear (modes are fixed, chmod u+s is EPERM, no
 			// security.* xattrs). Without it the kernel asks for
 			// security.capability (a GETXATTR round trip) before every write(2).
-			ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO | fuse.CAP_HANDLE_KILLPRIV_V2,
+			ExtraCapabilities: caps,
 			// A file's pages never go stale under the kernel: an inode stands for
 			// one version (see fileNode), so what the kernel caches of it changes
 			// only through it, and an open of another version drops the pages

@@ -14,9 +14,9 @@ import (
 	"github.com/eidefs/eidefs/engine"
 )
 
-// TestLargeWritesPassThrough: a file created on the mount is written by the
-// kernel straight into a file of the mount's (FUSE passthrough): no write
-// reaches the mount's process. A large one is parked at its close and committed
+// TestLargeWritesPassThrough: a file created on the mount, or opened by its only
+// writer, is written by the kernel straight into a file of the mount's (FUSE
+// passthrough): no write reaches the mount's process. A large one is parked at its close and committed
 // after its last writer is gone; until then, and around it, the file behaves as
 // on a disk:
 //   - it reads back right after the close, and the store has it moments later;
@@ -82,6 +82,31 @@ func TestLargeWritesPassThrough(t *testing.T) {
 	if pass && writes.Load() != 0 {
 		t.Errorf("%d write requests reached the mount; want none", writes.Load())
 	}
+
+	// A stored file written again, from the start (O_TRUNC) and at its end (>>).
+	other := randBytes(4 << 20)
+	if err := os.WriteFile(at("one"), other, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	check("one", other)
+	a, err := os.OpenFile(at("one"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Write(big[:1000]); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	check("one", append(bytes.Clone(other), big[:1000]...))
+	if pass && writes.Load() != 0 {
+		t.Errorf("%d write requests reached the mount; want none", writes.Load())
+	}
+	if err := os.WriteFile(at("one"), big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	check("one", big)
 
 	// A reader and a second writer share the first writer's bytes.
 	w1, err := os.OpenFile(at("two"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)

@@ -275,10 +275,10 @@ rm f`))
 }
 
 // TestPassthroughWritesSetting: with `passthrough_writes = true` on a kernel with
-// FUSE passthrough, the mount says so; files made by cp, tar and a shell
-// redirection read back whole at once and are in the store moments later, also
-// after a kill -9; and a file past max_value is refused at its close: cp says
-// "File too large" and the name is gone.
+// FUSE passthrough, the mount says so; files made or overwritten by cp, tar, a
+// shell redirection and >> read back whole at once and are in the store moments
+// later, also after a kill -9; and a file past max_value is refused at its close:
+// cp says "File too large" and the name is gone.
 func TestPassthroughWritesSetting(t *testing.T) {
 	m := mount(t, mountOpts{Config: map[string]string{"passthrough_writes": "true", "max_value": `"4MiB"`}})
 	dir := newStore(t, m, "notes", "files")
@@ -302,13 +302,15 @@ func TestPassthroughWritesSetting(t *testing.T) {
 	run(`head -c 3000000 /dev/urandom > "$L/big" && cp "$L/big" big && cmp "$L/big" big &&
 mkdir "$L/t" && head -c 200000 /dev/urandom > "$L/t/a" && echo small > "$L/t/b" && tar -C "$L" -cf "$L/t.tar" t &&
 tar -xf "$L/t.tar" && cmp "$L/t/a" t/a && cmp "$L/t/b" t/b &&
-cat "$L/big" "$L/big" | head -c 4194304 > exact && [ "$(stat -c %s exact)" = 4194304 ]`)
+cat "$L/big" "$L/big" | head -c 4194304 > exact && [ "$(stat -c %s exact)" = 4194304 ] &&
+head -c 2500000 /dev/urandom > "$L/big2" && cp "$L/big2" big && cmp "$L/big2" big &&
+echo tail >> big && cp "$L/big2" "$L/big3" && echo tail >> "$L/big3" && cmp "$L/big3" big`)
 	_, errOut, code := sh(t, dir, `head -c 5000000 /dev/urandom > "$L/huge" && cp "$L/huge" huge`, env...)
 	if code == 0 || !strings.Contains(errOut, "File too large") {
 		t.Errorf("cp of a file past max_value: exit %d %q, want File too large", code, errOut)
 	}
 	m.Kill(t) // right after the last close: large files may still be parked
-	want, _ := os.ReadFile(filepath.Join(local, "big"))
+	want, _ := os.ReadFile(filepath.Join(local, "big3"))
 	if got := mustCLI(t, m.Data, "get", "notes", "files", "big"); got != string(want) {
 		t.Errorf("eidefs get big after kill -9: %d bytes, want %d", len(got), len(want))
 	}
