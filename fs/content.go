@@ -45,10 +45,10 @@ type content struct {
 	// not read all of it.
 	blob []byte
 	file *os.File
-	// kernel is set for a file created with its writes passed through (see
-	// dirNode.Create): the kernel writes spill itself, so the bytes' size, time
-	// and whether they changed are learned from the file (refresh), not from
-	// write requests. Cleared once the spill file becomes a blob.
+	// kernel is set for a file whose writes pass through (see dirNode.Create,
+	// fileNode.kernelWritesLocked): the kernel writes spill itself, so the bytes'
+	// size, time and whether they changed are learned from the file (refresh),
+	// not from write requests. Cleared once the spill file becomes a blob.
 	kernel bool
 	stamp  fileStamp // spill's size and change time when last refreshed
 	// park is the engine's record of the bytes, parked at a close until their
@@ -60,17 +60,18 @@ type content struct {
 	// watching: the last writer's descriptor is released, but a shared mapping
 	// made through it may still write spill (lastWriterGoneLocked).
 	watching bool
-	// readPassed: a reader's descriptor passed through to spill (it could map it);
-	// named: spill was parked under a name (it cannot be parked again). Either
-	// keeps spill from being used again for another file (FS.recycle).
-	readPassed, named bool
+	// named: spill was parked under a name, so it cannot be parked again (an
+	// unnamed file can be linked only while it never had a name): it is not
+	// used again for another file (FS.recycle).
+	named bool
 }
 
 // othersWrite reports whether an open file other than f (open for writing) may
 // write f's file: the kernel's backing file under a shared writable mapping
 // outlives the descriptor the mapping was made through, and that descriptor's
-// release. A write lease is granted only while no other open file may write the
-// file (nor, where the kernel counts readers (IMA), read it).
+// release. A write lease is granted only while no other file is open on the
+// file at all: the kernel counts readers too (i_readcount), so a reader's open
+// or mapping also answers true.
 func othersWrite(f *os.File) bool {
 	fd := f.Fd()
 	if _, err := unix.FcntlInt(fd, unix.F_SETLEASE, unix.F_WRLCK); err != nil {

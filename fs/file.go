@@ -515,7 +515,6 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		}
 		ph := &passHandle{handle: h, fd: fd}
 		n.countLocked(ph, 1)
-		c.readPassed = c.readPassed || c.kernel && !write
 		return ph, 0, 0
 	}
 	n.countLocked(h, 1)
@@ -960,12 +959,11 @@ func (f *FS) spillFile() (*os.File, error) {
 // recycle keeps c's spill file for the next file created here (spillFile), if
 // nothing else can see it any more: c was written by the kernel and stayed
 // small (its bytes were copied into the store, the file never became a blob
-// and never had a name), no reader passed through to it (a reader's mapping
-// would show the next file's bytes), and no other open file may write it (a
-// writer's mapping; othersWrite).
+// and never had a name), and no other file is open on it (othersWrite: a
+// reader's or a writer's mapping would show the next file's bytes).
 func (f *FS) recycle(c *content) {
 	sp := c.spill
-	if !c.kernel || sp == nil || c.readPassed || c.named || c.shared || c.size > spillMin || othersWrite(sp) {
+	if !c.kernel || sp == nil || c.named || c.shared || c.size > spillMin || othersWrite(sp) {
 		return
 	}
 	f.spareMu.Lock()

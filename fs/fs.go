@@ -143,6 +143,11 @@ const hideDelay = 2 * time.Second
 
 // Mount mounts the instance's databases at dir.
 func Mount(dir string, o Options) (*FS, error) {
+	if o.PassWrites && !leasesWork(o.Instance) {
+		// Without write leases the mount cannot tell when nothing writes a file
+		// the kernel wrote any more (othersWrite): its writes go through it.
+		o.PassWrites = false
+	}
 	if o.MaxValue == 0 {
 		o.MaxValue = 64 << 20
 	}
@@ -235,6 +240,22 @@ func (f *FS) probePassthrough() bool {
 // Passthrough reports whether readers of large files read their blob files
 // directly (see passHandle).
 func (f *FS) Passthrough() bool { return f.passthrough.Load() }
+
+// PassWrites reports whether the kernel writes files created here (or opened by
+// a single writer) itself: Options.PassWrites, where the kernel passes files
+// through and grants write leases.
+func (f *FS) PassWrites() bool { return f.opts.PassWrites && f.passthrough.Load() }
+
+// leasesWork reports whether the kernel grants write leases on spill files
+// (not where fs.leases-enable is 0, or file locking is not built in).
+func leasesWork(inst *engine.Instance) bool {
+	f, err := inst.SpillFile()
+	if err != nil || f == nil {
+		return false
+	}
+	defer f.Close()
+	return !othersWrite(f)
+}
 
 // Wait blocks until the filesystem is unmounted.
 func (f *FS) Wait() { f.server.Wait() }

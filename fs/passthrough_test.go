@@ -35,6 +35,27 @@ func kernelAtLeast(t *testing.T, major, minor int) bool {
 	return ma > major || ma == major && mi >= minor
 }
 
+// counting is an Observer that counts the FUSE requests called op.
+func counting(op string, n *atomic.Int64) Observer {
+	return func(name string, _ time.Duration, _ bool) {
+		if name == op {
+			n.Add(1)
+		}
+	}
+}
+
+// passingThrough reports whether f passes reads and writes through to files of
+// its own; the test fails where the kernel could (Linux 6.9 and later) and f
+// does not.
+func passingThrough(t *testing.T, f *FS) bool {
+	t.Helper()
+	pass := f.Passthrough()
+	if !pass && kernelAtLeast(t, 6, 9) {
+		t.Fatal("the kernel has FUSE passthrough, but the mount does not use it")
+	}
+	return pass
+}
+
 // TestLargeReadsPassThrough: the kernel reads a large stored file from its blob
 // file (FUSE passthrough, Linux 6.9 and later): none of its reads reaches the
 // mount's process. Around such readers the file still behaves as on a disk: it
@@ -54,12 +75,7 @@ func TestLargeReadsPassThrough(t *testing.T) {
 func testLargeReads(t *testing.T, noPass bool) {
 	var reads atomic.Int64
 	inst := newBlobInstance(t)
-	f, mnt := mountWith(t, Options{Instance: inst, NoPassthrough: noPass,
-		Observe: func(op string, _ time.Duration, _ bool) {
-			if op == "read" {
-				reads.Add(1)
-			}
-		}})
+	f, mnt := mountWith(t, Options{Instance: inst, NoPassthrough: noPass, Observe: counting("read", &reads)})
 	pass := f.Passthrough()
 	switch {
 	case noPass:
@@ -420,9 +436,7 @@ func TestLargeFilesStress(t *testing.T) {
 func testLargeFilesStress(t *testing.T, passWrites bool) {
 	inst := newBlobInstance(t)
 	f, mnt := mountWith(t, Options{Instance: inst, PassWrites: passWrites})
-	if !f.Passthrough() && kernelAtLeast(t, 6, 9) {
-		t.Fatal("the kernel has FUSE passthrough, but the mount does not use it")
-	}
+	passingThrough(t, f)
 	if err := os.MkdirAll(filepath.Join(mnt, "d", "s"), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -33,16 +33,9 @@ func TestLargeWritesPassThrough(t *testing.T) {
 	requireFUSE(t)
 	var writes atomic.Int64
 	inst := newBlobInstance(t)
-	f, mnt := mountWith(t, Options{Instance: inst, PassWrites: true,
-		Observe: func(op string, _ time.Duration, _ bool) {
-			if op == "write" {
-				writes.Add(1)
-			}
-		}})
-	pass := f.Passthrough()
-	if !pass && kernelAtLeast(t, 6, 9) {
-		t.Fatal("the kernel has FUSE passthrough, but the mount does not use it")
-	} else if !pass {
+	f, mnt := mountWith(t, Options{Instance: inst, PassWrites: true, Observe: counting("write", &writes)})
+	pass := passingThrough(t, f)
+	if !pass {
 		t.Log("this kernel has no FUSE passthrough: writes go through the mount; checking the rest")
 	}
 	for _, d := range []string{"d", "d/s"} {
@@ -243,10 +236,7 @@ func TestPassedWritesPastTheLimit(t *testing.T) {
 	requireFUSE(t)
 	inst := newBlobInstance(t)
 	f, mnt := mountWith(t, Options{Instance: inst, PassWrites: true, MaxValue: 1 << 20})
-	if !f.Passthrough() {
-		if kernelAtLeast(t, 6, 9) {
-			t.Fatal("the kernel has FUSE passthrough, but the mount does not use it")
-		}
+	if !passingThrough(t, f) {
 		t.Skip("no FUSE passthrough: writes past the limit fail as they are made (TestFileTooLarge)")
 	}
 	for _, d := range []string{"d", "d/s"} {

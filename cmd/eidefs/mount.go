@@ -68,7 +68,7 @@ func newMountCmd(g *globals) *cobra.Command {
 			}
 			stopWatch := watchConfig(n, log, fsys)
 			defer stopWatch()
-			log.Info("mounted", "dir", dir, "data", n.dir, "key", n.inst.Identity().Public().String(), "listen", strings.Join(n.sync.Addrs(), ","), "passthrough", fsys.Passthrough(), "passthrough_writes", fsys.Passthrough() && n.cfg.PassthroughWrites)
+			log.Info("mounted", "dir", dir, "data", n.dir, "key", n.inst.Identity().Public().String(), "listen", strings.Join(n.sync.Addrs(), ","), "passthrough", fsys.Passthrough(), "passthrough_writes", fsys.PassWrites())
 
 			// `eidefs umount DIR`, run through the control socket, ends the mount as
 			// a signal does.
