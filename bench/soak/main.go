@@ -65,6 +65,7 @@ type config struct {
 	sample           time.Duration
 	converge         time.Duration
 	maxRSSGrowth     float64
+	maxRSSPerEntry   float64 // bytes of RSS growth allowed per entry the database grew by
 	maxCountGrowth   float64
 	syncConf         map[string]string
 	passWrites       bool // passthrough_writes = true in each node's eidefs.toml
@@ -95,7 +96,8 @@ func parseFlags() *config {
 	flag.DurationVar(&c.syncMax, "sync-max", 30*time.Second, "longest pause between eidefs sync runs")
 	flag.DurationVar(&c.sample, "sample", 10*time.Second, "interval between memory samples")
 	flag.DurationVar(&c.converge, "converge", 60*time.Second, "how long the nodes may take to converge after the load")
-	flag.Float64Var(&c.maxRSSGrowth, "max-rss-growth", 1.5, "flat: median RSS of the last fifth at most this times the first fifth's")
+	flag.Float64Var(&c.maxRSSGrowth, "max-rss-growth", 1.5, "flat: median RSS of the last fifth at most this times the first fifth's (or within -max-rss-per-entry)")
+	flag.Float64Var(&c.maxRSSPerEntry, "max-rss-per-entry", 3072, "flat: or the RSS grew by at most this many bytes per entry the database grew by")
 	flag.Float64Var(&c.maxCountGrowth, "max-count-growth", 1.25, "flat: median goroutines (open files other than tables) of the last fifth at most this times the first fifth's, plus 10")
 	flag.BoolVar(&c.passWrites, "passthrough-writes", false, "passthrough_writes = true in each node's eidefs.toml")
 	syncFlags := map[string]*string{}
