@@ -224,20 +224,30 @@ func (d *dbNode) Symlink(ctx context.Context, target, name string, out *fuse.Ent
 	return nil, syscall.EPERM
 }
 
-// dbSyncFiles are the generated files of <db>/.sync.
+// dbSyncFiles are the generated files of <db>/.sync. Those about the history
+// commit the database's deferred deletes first (see FS.unlink): `rm f; tail
+// .sync/log` shows the delete, as it shows a write.
 func (f *FS) dbSyncFiles(db *engine.Database) map[string]func() []byte {
 	files := map[string]func() []byte{
 		"id": func() []byte { return []byte(db.ID().String() + "\n") },
 		"tips": func() []byte {
+			db.FlushDeletes(engine.Journal)
 			var b strings.Builder
 			for _, t := range db.Tips() {
 				b.WriteString(t.String() + "\n")
 			}
 			return []byte(b.String())
 		},
-		"height":  func() []byte { return []byte(fmt.Sprintf("%d\n", db.Info().Height)) },
-		"entries": func() []byte { return []byte(fmt.Sprintf("%d\n", db.Info().Entries)) },
+		"height": func() []byte {
+			db.FlushDeletes(engine.Journal)
+			return []byte(fmt.Sprintf("%d\n", db.Info().Height))
+		},
+		"entries": func() []byte {
+			db.FlushDeletes(engine.Journal)
+			return []byte(fmt.Sprintf("%d\n", db.Info().Entries))
+		},
 		"log": func() []byte {
+			db.FlushDeletes(engine.Journal)
 			var b strings.Builder
 			err := db.Log(func(e engine.LogEntry) bool {
 				fmt.Fprintf(&b, "%s %d %s %s %s %s\n", e.ID, e.Height, time.UnixMilli(e.Time).UTC().Format(time.RFC3339Nano), e.Author,
@@ -260,6 +270,7 @@ func (f *FS) dbSyncFiles(db *engine.Database) map[string]func() []byte {
 				Ops     int              `json:"ops"`
 			}
 			out := []js{}
+			db.FlushDeletes(engine.Journal)
 			db.Log(func(e engine.LogEntry) bool {
 				out = append(out, js{e.ID, e.Height, time.UnixMilli(e.Time).UTC().Format(time.RFC3339Nano), e.Author, e.Stores, e.Parents, e.Ops})
 				return true
