@@ -425,6 +425,15 @@ func (n *fileNode) truncateStored(l loc, st engine.Node, sz int64) syscall.Errno
 
 func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY
+	if !write && flags&syscall.O_TRUNC != 0 {
+		// O_RDONLY|O_TRUNC cuts the file on Linux too. With atomic O_TRUNC (see
+		// Mount) it comes here rather than as a SETATTR: done as that would be,
+		// committed at once (no writer's close will), before the open.
+		var out fuse.AttrOut
+		if errno := n.Setattr(ctx, nil, &fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{Valid: fuse.FATTR_SIZE}}, &out); errno != 0 {
+			return nil, 0, errno
+		}
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if write {

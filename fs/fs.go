@@ -156,7 +156,7 @@ func Mount(dir string, o Options) (*FS, error) {
 	f.root = &rootNode{fsys: f}
 	f.ctl = &ctlFile{fsys: f}
 	caps := uint64(fuse.CAP_READDIRPLUS_AUTO | fuse.CAP_HANDLE_KILLPRIV_V2)
-	if o.PassWrites {
+	if o.PassWrites && !o.NoPassthrough {
 		// open(O_TRUNC) arrives as one OPEN with O_TRUNC rather than an OPEN and
 		// then a SETATTR to size 0: an open whose writes pass through must know
 		// it need not copy the bytes it is about to cut (fileNode.Open).

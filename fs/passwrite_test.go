@@ -101,6 +101,18 @@ func TestLargeWritesPassThrough(t *testing.T) {
 	}
 	check("one", big)
 
+	// O_RDONLY|O_TRUNC cuts a file on Linux too (with atomic O_TRUNC it comes as
+	// an open, not as a truncate).
+	if err := os.WriteFile(at("cut"), big[:100], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := os.OpenFile(at("cut"), os.O_RDONLY|os.O_TRUNC, 0); err != nil {
+		t.Fatal(err)
+	} else {
+		c.Close()
+	}
+	check("cut", nil)
+
 	// A reader and a second writer share the first writer's bytes.
 	w1, err := os.OpenFile(at("two"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 	if err != nil {
