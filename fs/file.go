@@ -524,13 +524,13 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		}
 		ph := &passHandle{handle: h, fd: fd}
 		n.countLocked(ph, 1)
-		return ph, 0, 0
+		return ph, noFlush(write), 0
 	}
 	n.countLocked(h, 1)
-	var fuseFlags uint32
+	fuseFlags := noFlush(write)
 	if !c.dirty && !n.local && !n.pending && !c.version.IsZero() {
 		if c.version == n.kernelVersion {
-			fuseFlags = fuse.FOPEN_KEEP_CACHE
+			fuseFlags |= fuse.FOPEN_KEEP_CACHE
 		}
 		n.kernelVersion = c.version
 	} else {
@@ -581,6 +581,16 @@ func (n *fileNode) kernelWritesLocked(c *content) syscall.Errno {
 	// through the page cache must drop them (no FOPEN_KEEP_CACHE).
 	n.kernelVersion = engine.ID{}
 	return 0
+}
+
+// noFlush spares a reader's close(2) its FLUSH request (FOPEN_NOFLUSH): a
+// reader's close commits nothing (see Flush), and `grep -r` or `cat` of many
+// small files paid a round trip per file for it.
+func noFlush(write bool) uint32 {
+	if write {
+		return 0
+	}
+	return fuse.FOPEN_NOFLUSH
 }
 
 // countLocked adds d (1 at an open or create, -1 at its release) to the count of

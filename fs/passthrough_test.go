@@ -622,3 +622,37 @@ func randBytes(n int) []byte {
 }
 
 func newRand(seed uint64) *mrand.Rand { return mrand.New(mrand.NewPCG(seed, 0x1a5)) }
+
+// TestReadersCloseWithoutFlush: a reader's close(2) sends no FLUSH (it would
+// commit nothing), a writer's does: `grep -r` over many small files paid a
+// round trip per file for it.
+func TestReadersCloseWithoutFlush(t *testing.T) {
+	requireFUSE(t)
+	var flushes atomic.Int64
+	_, mnt := mountWith(t, Options{Instance: newBlobInstance(t), Observe: counting("flush", &flushes)})
+	dir := filepath.Join(mnt, "d", "s")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	small, large := filepath.Join(dir, "small"), filepath.Join(dir, "large")
+	for p, n := range map[string]int{small: 100, large: 1 << 20} {
+		if err := os.WriteFile(p, randBytes(n), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if flushes.Load() == 0 {
+		t.Fatal("writers' closes sent no FLUSH")
+	}
+	time.Sleep(50 * time.Millisecond) // the writers' releases
+	before := flushes.Load()
+	for range 3 {
+		for _, p := range []string{small, large} {
+			if _, err := os.ReadFile(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n := flushes.Load() - before; n != 0 {
+		t.Errorf("readers' closes sent %d FLUSH requests; want none", n)
+	}
+}
