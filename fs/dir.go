@@ -373,7 +373,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	fn.cur, fn.local, fn.pending = c, local, !local
 	h := &handle{c: c, append: flags&syscall.O_APPEND != 0, write: true}
 	var fh gofs.FileHandle = h
-	if !local && d.fsys.opts.PassWrites && d.fsys.passthrough.Load() && d.fsys.releasing.Load() == 0 {
+	if !local && d.fsys.PassWrites() && d.fsys.releasing.Load() == 0 {
 		// Its writes (and reads) pass through to a spill file: the kernel writes
 		// a large file as fast as to a local disk, and the close parks it (see
 		// Flush). Small files are committed at close as ever.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"os"
 	"slices"
 	"strconv"
@@ -486,7 +485,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	// A writer alone on a stored file passes its writes through too (see
 	// Options.PassWrites), unless the file was just taken off its name for a
 	// writer that met readers passing through (noPassUntil).
-	passWrite := write && n.fsys.opts.PassWrites && n.fsys.passthrough.Load() && !c.kernel && c.refs == 0 &&
+	passWrite := write && n.fsys.PassWrites() && !c.kernel && c.refs == 0 &&
 		n.passOpen == 0 && n.cacheOpen == 0 && !n.local && !n.pending && !c.dirty &&
 		!time.Now().Before(n.noPassUntil) && n.fsys.releasing.Load() == 0
 	if write && flags&syscall.O_TRUNC != 0 {
@@ -546,28 +545,19 @@ func (n *fileNode) kernelWritesLocked(c *content) syscall.Errno {
 	if errno := n.loadLocked(c); errno != 0 {
 		return errno
 	}
-	if c.spill == nil || c.shared {
+	if errno := c.unshare(n.fsys); errno != 0 { // a spill file that became a blob
+		return errno
+	}
+	if c.spill == nil {
 		sp, err := n.fsys.spillFile()
 		if err != nil || sp == nil {
 			return toErrno(err)
 		}
-		var werr error
-		if c.spill != nil {
-			_, werr = io.Copy(sp, io.NewSectionReader(c.spill, 0, c.size))
-		} else if len(c.data) > 0 {
-			_, werr = sp.WriteAt(c.data, 0)
-		}
-		if werr != nil {
+		if _, err := sp.WriteAt(c.data, 0); err != nil {
 			sp.Close()
-			return toErrno(werr)
+			return toErrno(err)
 		}
-		if c.sum != nil {
-			c.sum.wait() // it may be reading the old file
-		}
-		if c.spill != nil {
-			c.spill.Close()
-		}
-		c.spill, c.size, c.data, c.shared = sp, c.length(), nil, false
+		c.spill, c.size, c.data = sp, int64(len(c.data)), nil
 	}
 	if c.sum != nil {
 		c.sum.wait()
