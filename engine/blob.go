@@ -478,9 +478,15 @@ func (b dirBlobs) link(h blobHash, f *os.File, size int64) bool {
 	if err := f.Chmod(0o400); err != nil {
 		return false
 	}
-	proc := "/proc/self/fd/" + strconv.Itoa(int(f.Fd()))
-	err := unix.Linkat(unix.AT_FDCWD, proc, unix.AT_FDCWD, final, unix.AT_SYMLINK_FOLLOW)
+	err := linkFile(f, final)
 	return err == nil || errors.Is(err, fs.ErrExist)
+}
+
+// linkFile gives the file f is open on the name path (an O_TMPFILE file its
+// first name, or another one).
+func linkFile(f *os.File, path string) error {
+	proc := "/proc/self/fd/" + strconv.Itoa(int(f.Fd()))
+	return unix.Linkat(unix.AT_FDCWD, proc, unix.AT_FDCWD, path, unix.AT_SYMLINK_FOLLOW)
 }
 
 // putFrom is put of the first size bytes of f, copied in the kernel

@@ -79,8 +79,7 @@ func (d *Database) Park(store string, path []string, f *os.File, tm time.Time, o
 	in.laterSeq++
 	seq := in.laterSeq
 	in.laterMu.Unlock()
-	proc := "/proc/self/fd/" + strconv.Itoa(int(f.Fd()))
-	if err := unix.Linkat(unix.AT_FDCWD, proc, unix.AT_FDCWD, in.parkPath(seq), unix.AT_SYMLINK_FOLLOW); err != nil {
+	if err := linkFile(f, in.parkPath(seq)); err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			// An O_TMPFILE file can be linked while it never had a name; one
 			// parked (or committed) before and unlinked since cannot.

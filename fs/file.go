@@ -792,29 +792,35 @@ func (n *fileNode) lastWriterGoneLocked(c *content) {
 	}
 	c.watching = true
 	n.settleLocked(c)
-	go func() {
-		for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
-			select {
-			case <-n.fsys.done:
-				wait = 0 // unmounted (which committed it): stop
-			case <-time.After(wait):
-			}
-			n.mu.Lock()
-			gone := wait == 0 || c.spill == nil || c.writers > 0 || c.settled == nil && !othersWrite(c.spill)
-			if gone {
-				c.watching = false
-				c.dirty = true
-				if wait != 0 && c.writers == 0 {
-					n.settleLocked(c)
-				} // else a writer opened it again: its release takes over
-				n.releasedLocked(c)
-			}
-			n.mu.Unlock()
-			if gone {
-				return
-			}
+	go n.watch(c)
+}
+
+// watch polls, 20 ms doubling to 1 s, until no other file has c's spill file
+// open, then commits c again (see lastWriterGoneLocked). A writer that opens c
+// meanwhile commits it at its own release; an unmount committed it already.
+func (n *fileNode) watch(c *content) {
+	for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		unmounted := false
+		select {
+		case <-n.fsys.done:
+			unmounted = true
+		case <-time.After(wait):
 		}
-	}()
+		n.mu.Lock()
+		reopened := c.spill == nil || c.writers > 0
+		if !unmounted && !reopened && (c.settled != nil || othersWrite(c.spill)) {
+			n.mu.Unlock()
+			continue
+		}
+		c.watching = false
+		c.dirty = true // what a mapping wrote changed no time the mount can trust
+		if !unmounted && !reopened {
+			n.settleLocked(c)
+		}
+		n.releasedLocked(c)
+		n.mu.Unlock()
+		return
+	}
 }
 
 // settleLocked commits what the kernel wrote to c's spill file, now that its

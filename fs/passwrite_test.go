@@ -59,6 +59,19 @@ func TestLargeWritesPassThrough(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+	const create = os.O_CREATE | os.O_EXCL | os.O_WRONLY
+	// opened opens name with flag and writes b through the descriptor it returns.
+	opened := func(name string, flag int, b []byte) *os.File {
+		t.Helper()
+		f, err := os.OpenFile(at(name), flag, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
 	check := func(name string, want []byte) {
 		t.Helper()
 		if got, err := os.ReadFile(at(name)); err != nil || !bytes.Equal(got, want) {
@@ -82,14 +95,7 @@ func TestLargeWritesPassThrough(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("one", other)
-	a, err := os.OpenFile(at("one"), os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.Write(big[:1000]); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Close(); err != nil {
+	if err := opened("one", os.O_WRONLY|os.O_APPEND, big[:1000]).Close(); err != nil {
 		t.Fatal(err)
 	}
 	check("one", append(bytes.Clone(other), big[:1000]...))
@@ -114,13 +120,7 @@ func TestLargeWritesPassThrough(t *testing.T) {
 	check("cut", nil)
 
 	// A reader and a second writer share the first writer's bytes.
-	w1, err := os.OpenFile(at("two"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w1.Write(big[:3<<20]); err != nil {
-		t.Fatal(err)
-	}
+	w1 := opened("two", create, big[:3<<20])
 	r, err := os.Open(at("two"))
 	if err != nil {
 		t.Fatal(err)
@@ -129,13 +129,7 @@ func TestLargeWritesPassThrough(t *testing.T) {
 	if n, _ := r.ReadAt(buf, 0); n != 3<<20 || !bytes.Equal(buf[:n], big[:n]) {
 		t.Errorf("a reader opened while the writer is open read %d bytes; want %d", n, 3<<20)
 	}
-	w2, err := os.OpenFile(at("two"), os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		t.Fatalf("a second writer: %v", err)
-	}
-	if _, err := w2.Write(big[3<<20:]); err != nil {
-		t.Fatal(err)
-	}
+	w2 := opened("two", os.O_WRONLY|os.O_APPEND, big[3<<20:])
 	for _, c := range []*os.File{w1, w2} {
 		if err := c.Close(); err != nil {
 			t.Fatal(err)
@@ -149,13 +143,7 @@ func TestLargeWritesPassThrough(t *testing.T) {
 
 	// A write after another descriptor of the file was closed (its close parked
 	// the file) is committed too.
-	w, err := os.OpenFile(at("dup"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write(big[:2<<20]); err != nil {
-		t.Fatal(err)
-	}
+	w := opened("dup", create, big[:2<<20])
 	fd2, err := syscall.Dup(int(w.Fd()))
 	if err != nil {
 		t.Fatal(err)
@@ -172,11 +160,7 @@ func TestLargeWritesPassThrough(t *testing.T) {
 	check("dup", big)
 
 	// Renamed while being written.
-	w, err = os.OpenFile(at("old"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write(big[:1<<20])
+	w = opened("old", create, big[:1<<20])
 	if err := os.Rename(at("old"), at("new")); err != nil {
 		t.Fatalf("rename while written: %v", err)
 	}
@@ -191,11 +175,7 @@ func TestLargeWritesPassThrough(t *testing.T) {
 	stored("old", nil)
 
 	// fsync commits while the file is open.
-	w, err = os.OpenFile(at("synced"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write(big)
+	w = opened("synced", create, big)
 	if err := w.Sync(); err != nil {
 		t.Fatal(err)
 	}
@@ -213,11 +193,7 @@ func TestLargeWritesPassThrough(t *testing.T) {
 		t.Fatal(err)
 	}
 	entries := d.Info().Entries
-	w, err = os.OpenFile(at("gone"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write(big)
+	w = opened("gone", create, big)
 	if fd2, err = syscall.Dup(int(w.Fd())); err != nil {
 		t.Fatal(err)
 	}

@@ -228,26 +228,24 @@ func (d *dbNode) Symlink(ctx context.Context, target, name string, out *fuse.Ent
 // commit the database's deferred deletes first (see FS.unlink): `rm f; tail
 // .sync/log` shows the delete, as it shows a write.
 func (f *FS) dbSyncFiles(db *engine.Database) map[string]func() []byte {
+	fresh := func(gen func() []byte) func() []byte {
+		return func() []byte {
+			db.FlushDeletes(engine.Journal)
+			return gen()
+		}
+	}
 	files := map[string]func() []byte{
 		"id": func() []byte { return []byte(db.ID().String() + "\n") },
-		"tips": func() []byte {
-			db.FlushDeletes(engine.Journal)
+		"tips": fresh(func() []byte {
 			var b strings.Builder
 			for _, t := range db.Tips() {
 				b.WriteString(t.String() + "\n")
 			}
 			return []byte(b.String())
-		},
-		"height": func() []byte {
-			db.FlushDeletes(engine.Journal)
-			return []byte(fmt.Sprintf("%d\n", db.Info().Height))
-		},
-		"entries": func() []byte {
-			db.FlushDeletes(engine.Journal)
-			return []byte(fmt.Sprintf("%d\n", db.Info().Entries))
-		},
-		"log": func() []byte {
-			db.FlushDeletes(engine.Journal)
+		}),
+		"height":  fresh(func() []byte { return []byte(fmt.Sprintf("%d\n", db.Info().Height)) }),
+		"entries": fresh(func() []byte { return []byte(fmt.Sprintf("%d\n", db.Info().Entries)) }),
+		"log": fresh(func() []byte {
 			var b strings.Builder
 			err := db.Log(func(e engine.LogEntry) bool {
 				fmt.Fprintf(&b, "%s %d %s %s %s %s\n", e.ID, e.Height, time.UnixMilli(e.Time).UTC().Format(time.RFC3339Nano), e.Author,
@@ -258,8 +256,8 @@ func (f *FS) dbSyncFiles(db *engine.Database) map[string]func() []byte {
 				fmt.Fprintf(&b, "error: %v\n", err)
 			}
 			return []byte(b.String())
-		},
-		"log.json": func() []byte {
+		}),
+		"log.json": fresh(func() []byte {
 			type js struct {
 				ID      engine.ID        `json:"id"`
 				Height  uint64           `json:"height"`
@@ -270,14 +268,13 @@ func (f *FS) dbSyncFiles(db *engine.Database) map[string]func() []byte {
 				Ops     int              `json:"ops"`
 			}
 			out := []js{}
-			db.FlushDeletes(engine.Journal)
 			db.Log(func(e engine.LogEntry) bool {
 				out = append(out, js{e.ID, e.Height, time.UnixMilli(e.Time).UTC().Format(time.RFC3339Nano), e.Author, e.Stores, e.Parents, e.Ops})
 				return true
 			})
 			b, _ := json.MarshalIndent(out, "", "  ")
 			return append(b, '\n')
-		},
+		}),
 	}
 	if f.opts.Sync != nil {
 		files["peers"] = func() []byte { return f.opts.Sync.DBPeers(db.ID()) }
