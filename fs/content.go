@@ -64,6 +64,9 @@ type content struct {
 	// unnamed file can be linked only while it never had a name): it is not
 	// used again for another file (FS.recycle).
 	named bool
+	// direct: a write came through a descriptor that bypasses the page cache
+	// (handle.direct), so the inode's pages do not hold what was written.
+	direct bool
 }
 
 // othersWrite reports whether an open file other than f (open for writing) may

@@ -384,10 +384,14 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 			fh = &passHandle{handle: h, fd: int(sp.Fd())}
 		}
 	}
+	var fuseFlags uint32
+	if _, pass := fh.(*passHandle); !pass && fn.directLocked(flags) {
+		h.direct, fuseFlags = true, fuse.FOPEN_DIRECT_IO
+	}
 	fn.countLocked(fh, 1)
 	d.fsys.track(fn, true)
 	fn.attrFromContent(c, &out.Attr)
-	return ch, fh, 0, 0
+	return ch, fh, fuseFlags, 0
 }
 
 func (d *dirNode) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {

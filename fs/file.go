@@ -41,8 +41,10 @@ type fileNode struct {
 	// Open descriptors by how the kernel serves them: passOpen read the version's
 	// blob file directly (passthrough), cacheOpen go through this process and
 	// the inode's page cache. The kernel refuses to mix the two on one inode, so
-	// an open takes the mode of those already open (see Open).
-	passOpen, cacheOpen int
+	// an open takes the mode of those already open (see Open). dioOpen counts
+	// those of cacheOpen that bypass the page cache (FOPEN_DIRECT_IO; see
+	// directLocked).
+	passOpen, cacheOpen, dioOpen int
 	// noPassUntil keeps the inode's readers off passthrough until then, and for a
 	// second after each close: it was made for a writer that met readers passing
 	// through (see detachForWriterLocked). Zero for other inodes.
@@ -110,6 +112,7 @@ type handle struct {
 	append  bool
 	write   bool // opened for writing (or created): its close commits
 	wrote   bool // write(2) went through this handle
+	direct  bool // opened with FOPEN_DIRECT_IO: the kernel caches none of its reads or writes
 	flushes int
 	stamp   fileStamp // c's stamp at open, for a kernel-written c: changed means written
 }
@@ -525,9 +528,13 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		n.countLocked(ph, 1)
 		return ph, noFlush(write), 0
 	}
+	h.direct = n.directLocked(flags)
 	n.countLocked(h, 1)
 	fuseFlags := noFlush(write)
-	if !c.dirty && !n.local && !n.pending && !c.version.IsZero() {
+	if h.direct {
+		// No KEEP_CACHE: the open drops whatever pages the inode had.
+		fuseFlags |= fuse.FOPEN_DIRECT_IO
+	} else if !c.dirty && !n.local && !n.pending && !c.version.IsZero() && !c.direct {
 		if c.version == n.kernelVersion {
 			fuseFlags |= fuse.FOPEN_KEEP_CACHE
 		}
@@ -583,13 +590,44 @@ func noFlush(write bool) uint32 {
 	return fuse.FOPEN_NOFLUSH
 }
 
+// directLocked reports whether an open with flags, not passing through, should
+// bypass the page cache (FOPEN_DIRECT_IO).
+//
+// A write-only descriptor does when no other descriptor of the inode uses the
+// page cache: its writes then reach this process without being copied into the
+// inode's pages first, which made a large file's write a third slower, and the
+// pages never hold a second copy of the file (a reader right after the close
+// reads the blob file). Such a descriptor cannot be mapped (mmap needs read
+// access).
+//
+// While one is open, every other open of the inode bypasses the page cache too,
+// so that read(2) never meets a page from before a write: the kernel drops the
+// written range's pages before it sends a direct write, but a read between that
+// and the write's reply would cache the old bytes again (or zeros past the old
+// end). Those descriptors can still be mapped (DIRECT_IO_ALLOW_MMAP, Linux 6.6
+// and later: directWrites is off on older kernels); a mapping is served from the
+// page cache, so each direct write drops the range again once it is done
+// (dropPagesAfter).
+func (n *fileNode) directLocked(flags uint32) bool {
+	if !n.fsys.directWrites.Load() {
+		return false
+	}
+	if n.dioOpen > 0 {
+		return true
+	}
+	return flags&syscall.O_ACCMODE == syscall.O_WRONLY && n.cacheOpen == 0
+}
+
 // countLocked adds d (1 at an open or create, -1 at its release) to the count of
 // the inode's descriptors in f's mode (see passOpen).
 func (n *fileNode) countLocked(f gofs.FileHandle, d int) {
 	if _, ok := f.(*passHandle); ok {
 		n.passOpen += d
-	} else {
-		n.cacheOpen += d
+		return
+	}
+	n.cacheOpen += d
+	if h := handleOf(f); h != nil && h.direct {
+		n.dioOpen += d
 	}
 }
 
@@ -639,6 +677,9 @@ func (n *fileNode) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off
 	h := handleOf(f)
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	// A file the kernel writes may have grown since this process last looked
+	// (a reader not passing through reads it here while writers pass through).
+	h.c.refresh()
 	if !h.c.loaded && len(h.c.blob) > 0 {
 		if k, ok := h.c.readBlob(n.fsys, dest, off); ok {
 			return fuse.ReadResultData(dest[:k]), 0
@@ -659,10 +700,14 @@ func (n *fileNode) Write(ctx context.Context, f gofs.FileHandle, data []byte, of
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	c := h.c
+	c.refresh() // (as in Read)
 	if errno := n.loadLocked(c); errno != 0 {
 		return 0, errno
 	}
 	n.kernelVersion = engine.ID{}
+	if h.direct {
+		c.direct = true
+	}
 	if h.append {
 		off = c.length()
 	}
@@ -673,10 +718,28 @@ func (n *fileNode) Write(ctx context.Context, f gofs.FileHandle, data []byte, of
 	if errno := c.writeAt(n.fsys, data, off); errno != 0 {
 		return 0, errno
 	}
+	if h.direct && n.dioOpen > 1 {
+		n.dropPagesAfter(off, len(data)) // another descriptor may be mapped
+	}
 	c.dirty = true
 	c.mtime = nowMs()
 	h.wrote = true
 	return uint32(len(data)), 0
+}
+
+// dropPagesAfter drops the kernel's pages of n's bytes [off, off+size) on a
+// goroutine of its own (the kernel waits for the handler calling it): a mapping
+// that read them between the kernel's drop before a direct write and the
+// write's reply would otherwise keep the old bytes (see directLocked).
+func (n *fileNode) dropPagesAfter(off int64, size int) {
+	in := n.EmbeddedInode()
+	go func() {
+		select {
+		case <-n.fsys.done:
+		default:
+			in.NotifyContent(off, int64(size))
+		}
+	}()
 }
 
 // Flush runs on every close(2) of a descriptor. It commits what was written, so a
@@ -929,10 +992,11 @@ func (n *fileNode) commitContent(c *content, d engine.Durability, park bool) sys
 		return errno
 	}
 	n.committedLocked(c, id, l)
-	if n.cur == c {
+	if n.cur == c && !c.direct {
 		// The kernel's pages of this inode hold what was written through it (what
 		// the writes did not fill, it reads from c): the version just committed.
 		// Reopening it keeps them, as rereading a file just written does on a disk.
+		// Writes that bypassed the page cache left no pages of theirs there.
 		n.kernelVersion = id
 	}
 	return 0

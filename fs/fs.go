@@ -91,6 +91,9 @@ type FS struct {
 	// passthrough: the kernel serves reads of large stored files from their
 	// blob files (probePassthrough).
 	passthrough atomic.Bool
+	// directWrites: write-only descriptors may bypass the page cache
+	// (fileNode.directLocked); the kernel maps such files (Linux 6.6 and later).
+	directWrites atomic.Bool
 	// releasing counts file releases under way (statfsFS.Release).
 	releasing atomic.Int64
 	sub       *engine.Subscription
@@ -155,7 +158,9 @@ func Mount(dir string, o Options) (*FS, error) {
 		hidden: map[string]*hiddenKey{}, gens: map[genKey]uint32{}, noPassIno: map[genKey]uint64{}, open: map[*fileNode]bool{}, done: make(chan struct{})}
 	f.root = &rootNode{fsys: f}
 	f.ctl = &ctlFile{fsys: f}
-	caps := uint64(fuse.CAP_READDIRPLUS_AUTO | fuse.CAP_HANDLE_KILLPRIV_V2)
+	// DIRECT_IO_ALLOW_MMAP: a descriptor opened with FOPEN_DIRECT_IO can be
+	// mapped (see fileNode.directLocked).
+	caps := uint64(fuse.CAP_READDIRPLUS_AUTO | fuse.CAP_HANDLE_KILLPRIV_V2 | fuse.CAP_DIRECT_IO_ALLOW_MMAP)
 	if o.PassWrites && !o.NoPassthrough {
 		// open(O_TRUNC) arrives as one OPEN with O_TRUNC rather than an OPEN and
 		// then a SETATTR to size 0: an open whose writes pass through must know
@@ -212,6 +217,7 @@ func Mount(dir string, o Options) (*FS, error) {
 	}
 	f.server = server
 	f.passthrough.Store(f.probePassthrough())
+	f.directWrites.Store(server.KernelSettings().Flags64()&fuse.CAP_DIRECT_IO_ALLOW_MMAP != 0)
 	f.sub = f.inst.Subscribe()
 	go f.invalidateLoop()
 	return f, nil

@@ -1,0 +1,298 @@
+package fs
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestWritersBypassThePageCache: a write-only descriptor's writes skip the
+// inode's page cache (FOPEN_DIRECT_IO), so a file written with `>`, cp or dd is
+// not also copied into the mount's pages; around such writers every reader still
+// reads what was written, as on a disk:
+//   - a reader opened while the writer appends reads the new bytes, not the old
+//     end or zeros (`tail -f` of a file being copied);
+//   - a reader opened before the writer, whose pages the kernel keeps, too;
+//   - a file read (its pages cached) and then partly overwritten in place
+//     (dd conv=notrunc) reads back with the new bytes;
+//   - a file so written can be mapped and read.
+func TestWritersBypassThePageCache(t *testing.T) {
+	requireFUSE(t)
+	for _, size := range []int{5000, 3 << 20} {
+		t.Run(map[int]string{5000: "small", 3 << 20: "large"}[size], func(t *testing.T) {
+			_, mnt := mountOn(t, newBlobInstance(t))
+			dir := filepath.Join(mnt, "d", "s")
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			testDirectWriters(t, dir, size)
+		})
+	}
+}
+
+func testDirectWriters(t *testing.T, dir string, size int) {
+	p := filepath.Join(dir, "f")
+	first, more := randBytes(size), randBytes(size)
+
+	// A reader opened while the writer appends.
+	w, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() }) // (also when the test fails: the mount must unmount)
+	mustWrite(t, w, first)
+	r, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	expectRead(t, "a reader opened during the writes", r, 0, first)
+	m, err := unix.Mmap(int(r.Fd()), 0, len(first), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatalf("mapping a file open for writing: %v", err)
+	}
+	mapped := true
+	t.Cleanup(func() {
+		if mapped {
+			unix.Munmap(m)
+		}
+	})
+	if !bytes.Equal(m, first) {
+		t.Fatalf("the mapping differs at byte %d", firstDifference(m, first))
+	}
+	mustWrite(t, w, more)
+	expectRead(t, "the same reader after more writes", r, 0, append(append([]byte{}, first...), more...))
+	// A write in place reaches the mapping, a few milliseconds after it returns
+	// (on a disk, as it returns).
+	first[10] ^= 0xff
+	if _, err := w.WriteAt(first[10:11], 10); err != nil {
+		t.Fatal(err)
+	}
+	for try := 0; !bytes.Equal(m, first); try++ {
+		if try == 100 {
+			t.Fatalf("the mapping differs at byte %d a second after a write", firstDifference(m, first))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	unix.Munmap(m)
+	mapped = false
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	want := append(append([]byte{}, first...), more...)
+	expectFile(t, "after the close", p, want)
+
+	// Mapped and read.
+	mf, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, err := unix.Mmap(int(mf.Fd()), 0, len(want), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatalf("mapping the file: %v", err)
+	}
+	if !bytes.Equal(m2, want) {
+		t.Errorf("the mapping differs at byte %d", firstDifference(m2, want))
+	}
+	unix.Munmap(m2)
+	mf.Close()
+
+	// The file's pages cached by a reader that has closed, then a writer in
+	// place alone (dd conv=notrunc).
+	expectFile(t, "read again", p, want)
+	patch := bytes.Repeat([]byte{'x'}, 3000)
+	w, err = os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WriteAt(patch, int64(size)); err != nil {
+		t.Fatal(err)
+	}
+	copy(want[size:], patch)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	expectFile(t, "after a lone writer in place", p, want)
+
+	// A reader opened before the writer (its pages cached), then a writer in
+	// place, without O_TRUNC. (A reader of a large file passing through goes on
+	// reading the version it opened: TestLargeReadsPassThrough.)
+	if size > 64<<10 {
+		return
+	}
+	r, err = os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, "a reader before the writer", r, 0, want)
+	w, err = os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WriteAt(patch, 1000); err != nil {
+		t.Fatal(err)
+	}
+	copy(want[1000:], patch)
+	expectRead(t, "the earlier reader after a write in place", r, 0, want)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	expectFile(t, "after the write in place", p, want)
+
+}
+
+// TestWrittenBytesNotCachedTwice: a small file written by a write-only
+// descriptor leaves none of its pages in the mount's page cache (they would be
+// a second copy of what the mount keeps), as mincore(2) of a mapping shows; a
+// file written through a read-write descriptor does, as ever.
+func TestWrittenBytesNotCachedTwice(t *testing.T) {
+	requireFUSE(t)
+	_, mnt := mountOn(t, newBlobInstance(t))
+	dir := filepath.Join(mnt, "d", "s")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const size = 40 << 10
+	for _, tc := range []struct {
+		name   string
+		flags  int
+		cached bool
+	}{
+		{"write-only", os.O_WRONLY, false},
+		{"read-write", os.O_RDWR, true},
+	} {
+		p := filepath.Join(dir, tc.name)
+		w, err := os.OpenFile(p, tc.flags|os.O_CREATE|os.O_EXCL, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustWrite(t, w, randBytes(size))
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vec := make([]byte, size/os.Getpagesize())
+		if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+			t.Fatal(e)
+		}
+		resident := 0
+		for _, v := range vec {
+			resident += int(v & 1)
+		}
+		unix.Munmap(m)
+		f.Close()
+		if got := resident > 0; got != tc.cached {
+			t.Errorf("%s: %d of %d pages in the page cache after the close; want cached=%v", tc.name, resident, len(vec), tc.cached)
+		}
+	}
+}
+
+func mustWrite(t *testing.T, f *os.File, b []byte) {
+	t.Helper()
+	if _, err := f.Write(b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// expectRead fails the test unless f reads want from off to its end.
+func expectRead(t *testing.T, what string, f *os.File, off int64, want []byte) {
+	t.Helper()
+	got, err := io.ReadAll(io.NewSectionReader(f, off, 1<<40))
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s: read %d bytes, want %d; first difference at byte %d", what, len(got), len(want), firstDifference(got, want))
+	}
+}
+
+func expectFile(t *testing.T, what, p string, want []byte) {
+	t.Helper()
+	got, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s: read %d bytes, want %d; first difference at byte %d", what, len(got), len(want), firstDifference(got, want))
+	}
+}
+
+// TestMappingFollowsDirectWrites: a mapping read over and over while a
+// write-only descriptor writes in place ends up showing what was written.
+func TestMappingFollowsDirectWrites(t *testing.T) {
+	requireFUSE(t)
+	_, mnt := mountOn(t, newBlobInstance(t))
+	dir := filepath.Join(mnt, "d", "s")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "f")
+	want := randBytes(32 << 10)
+	w, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	mustWrite(t, w, want)
+	r, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	m, err := unix.Mmap(int(r.Fd()), 0, len(want), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sum := 0
+			for {
+				select {
+				case <-stop:
+					_ = sum
+					return
+				default:
+				}
+				for i := 0; i < len(m); i += 512 {
+					sum += int(m[i])
+				}
+			}
+		}()
+	}
+	rng := newRand(7)
+	for range 3000 {
+		off := rng.IntN(len(want) - 16)
+		b := randBytes(1 + rng.IntN(16))
+		copy(want[off:], b)
+		if _, err := w.WriteAt(b, int64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	time.Sleep(100 * time.Millisecond)
+	if !bytes.Equal(m, want) {
+		t.Fatalf("the mapping differs at byte %d", firstDifference(m, want))
+	}
+}
