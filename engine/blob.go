@@ -104,10 +104,26 @@ func (b dirBlobs) put(h blobHash, data []byte) error {
 	if b.has(h, int64(len(data))) {
 		return nil
 	}
-	return b.write(h, func(f *os.File) error {
-		_, err := f.Write(data)
-		return err
-	})
+	return b.write(h, func(f *os.File) error { return WriteFileAt(f, data, 0) })
+}
+
+// fileChunk bounds one write(2) to a blob or spill file. A write of 1 MiB or more
+// at once could take ten times as long: on Linux 6.18's ext4, 64 MiB written to
+// a new file in 1 MiB pwrites took 137 ms after the machine had been idle a few
+// seconds (and at random, also right after other writes), in one write 100 –
+// 175 ms, against 14 ms in pieces of 128 to 512 KiB, whatever came before.
+const fileChunk = 256 << 10
+
+// WriteFileAt writes data to f at off, in pieces of at most 256 KiB.
+func WriteFileAt(f *os.File, data []byte, off int64) error {
+	for len(data) > 0 {
+		k := min(len(data), fileChunk)
+		if _, err := f.WriteAt(data[:k], off); err != nil {
+			return err
+		}
+		data, off = data[k:], off+int64(k)
+	}
+	return nil
 }
 
 // write makes the blob file for h from what fill writes to a temporary file.

@@ -202,7 +202,7 @@ func (c *content) writeAt(fsys *FS, data []byte, off int64) syscall.Errno {
 		return errno
 	}
 	if c.spill != nil {
-		if _, err := c.spill.WriteAt(data, off); err != nil {
+		if err := engine.WriteFileAt(c.spill, data, off); err != nil {
 			c.sum = nil // what reached the file is unknown
 			return toErrno(err)
 		}
