@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -57,18 +56,9 @@ func testDirectWriters(t *testing.T, dir string, size int) {
 	}
 	t.Cleanup(func() { r.Close() })
 	expectRead(t, "a reader opened during the writes", r, 0, first)
-	m, err := unix.Mmap(int(r.Fd()), 0, len(first), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatalf("mapping a file open for writing: %v", err)
-	}
-	mapped := true
-	t.Cleanup(func() {
-		if mapped {
-			unix.Munmap(m)
-		}
-	})
-	if !bytes.Equal(m, first) {
-		t.Fatalf("the mapping differs at byte %d", firstDifference(m, first))
+	m := mapFile(t, p, len(first), false) // a reader's mapping while the writer writes
+	if got := m.bytes(t); !bytes.Equal(got, first) {
+		t.Fatalf("the mapping differs at byte %d", firstDifference(got, first))
 	}
 	mustWrite(t, w, more)
 	expectRead(t, "the same reader after more writes", r, 0, append(append([]byte{}, first...), more...))
@@ -78,14 +68,17 @@ func testDirectWriters(t *testing.T, dir string, size int) {
 	if _, err := w.WriteAt(first[10:11], 10); err != nil {
 		t.Fatal(err)
 	}
-	for try := 0; !bytes.Equal(m, first); try++ {
+	for try := 0; ; try++ {
+		got := m.bytes(t)
+		if bytes.Equal(got, first) {
+			break
+		}
 		if try == 100 {
-			t.Fatalf("the mapping differs at byte %d a second after a write", firstDifference(m, first))
+			t.Fatalf("the mapping differs at byte %d a second after a write", firstDifference(got, first))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	unix.Munmap(m)
-	mapped = false
+	m.close()
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -94,19 +87,11 @@ func testDirectWriters(t *testing.T, dir string, size int) {
 	expectFile(t, "after the close", p, want)
 
 	// Mapped and read.
-	mf, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
+	if got, err := mapOnce(p, len(want)); err != nil {
+		t.Errorf("mapping the file: %v", err)
+	} else if !bytes.Equal(got, want) {
+		t.Errorf("the mapping differs at byte %d", firstDifference(got, want))
 	}
-	m2, err := unix.Mmap(int(mf.Fd()), 0, len(want), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatalf("mapping the file: %v", err)
-	}
-	if !bytes.Equal(m2, want) {
-		t.Errorf("the mapping differs at byte %d", firstDifference(m2, want))
-	}
-	unix.Munmap(m2)
-	mf.Close()
 
 	// The file's pages cached by a reader that has closed, then a writer in
 	// place alone (dd conv=notrunc).
@@ -253,36 +238,8 @@ func TestMappingFollowsDirectWrites(t *testing.T) {
 	}
 	defer w.Close()
 	mustWrite(t, w, want)
-	r, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	m, err := unix.Mmap(int(r.Fd()), 0, len(want), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(m)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sum := 0
-			for {
-				select {
-				case <-stop:
-					_ = sum
-					return
-				default:
-				}
-				for i := 0; i < len(m); i += 512 {
-					sum += int(m[i])
-				}
-			}
-		}()
-	}
+	m := mapFile(t, p, len(want), true) // reads it over and over, while w is open
+	m.bytes(t)                          // (mapped)
 	rng := newRand(7)
 	for range 3000 {
 		off := rng.IntN(len(want) - 16)
@@ -292,11 +249,15 @@ func TestMappingFollowsDirectWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	close(stop)
-	wg.Wait()
-	time.Sleep(100 * time.Millisecond)
-	if !bytes.Equal(m, want) {
-		t.Fatalf("the mapping differs at byte %d", firstDifference(m, want))
+	for try := 0; ; try++ {
+		got := m.bytes(t)
+		if bytes.Equal(got, want) {
+			break
+		}
+		if try == 100 {
+			t.Fatalf("the mapping differs at byte %d a second after the writes", firstDifference(got, want))
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
