@@ -188,14 +188,6 @@ func (n *fileNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Att
 		return 0
 	}
 	l, errno := n.fsys.locate(n.EmbeddedInode())
-	if errno == syscall.ENOENT && orphan && !n.ver.entry.IsZero() {
-		// Taken off its name (a peer's version, or a writer meeting readers,
-		// gave the name a new inode) after the kernel walked a path to it: a
-		// stat(2) racing that is answered with the file as it was, as one made a
-		// moment earlier would be, not ENOENT for a name that exists.
-		n.fsys.setAttr(&out.Attr, modeFile, n.ver.size, n.ver.mtime.UnixMilli())
-		return 0
-	}
 	if errno != 0 {
 		return errno
 	}

@@ -2,7 +2,6 @@ package fs
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	"github.com/eidefs/eidefs/engine"
-	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
 // tornValues are the values TestNoTornReads cycles through: three sizes, each
@@ -280,57 +278,5 @@ func TestOverwriteRacingAPeer(t *testing.T) {
 	}
 	if readErrs.Load() > 0 {
 		t.Errorf("%d of %d reads failed, the last with %v", readErrs.Load(), reads.Load(), readErr.Load())
-	}
-}
-
-// TestStatOfAFileAPeerReplaced: a stat(2) whose path walk reached the file's
-// inode just before another process's lookup gave the name a new one (for a
-// peer's version) is answered with the file as it was, as a stat a moment
-// earlier would be; it used to say ENOENT for a name that exists.
-func TestStatOfAFileAPeerReplaced(t *testing.T) {
-	requireFUSE(t)
-	inst := newBlobInstance(t)
-	db, err := inst.CreateDatabase("d", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	set := func(v string) {
-		tx := db.Begin()
-		tx.SetOrigin("peer")
-		tx.Store("s").SetPath([]string{"k"}, []byte(v))
-		if _, err := tx.Commit(engine.Journal); err != nil {
-			t.Fatal(err)
-		}
-	}
-	set("first")
-	f, mnt := mountOn(t, inst)
-	key := filepath.Join(mnt, "d", "s", "k")
-	if _, err := os.Stat(key); err != nil {
-		t.Fatal(err)
-	}
-	old := f.root.EmbeddedInode().GetChild("d").GetChild("s").GetChild("k")
-	if old == nil {
-		t.Fatal("the mount does not know d/s/k after a stat")
-	}
-	set("the second version")
-	for try := 0; ; try++ { // the invalidation, then the lookup that gives the name a new inode
-		st, err := os.Stat(key)
-		if err == nil && st.Size() == int64(len("the second version")) {
-			break
-		}
-		if try == 200 {
-			t.Fatalf("the mount does not show the peer's version: %v", err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if _, parent := old.Parent(); parent != nil {
-		t.Fatal("the old inode is still on the name")
-	}
-	var out fuse.AttrOut
-	if errno := old.Operations().(*fileNode).Getattr(context.Background(), nil, &out); errno != 0 {
-		t.Fatalf("getattr of the replaced inode: %v", errno)
-	}
-	if out.Size != uint64(len("first")) {
-		t.Errorf("getattr of the replaced inode: size %d, want %d", out.Size, len("first"))
 	}
 }
