@@ -2,12 +2,14 @@ package fs
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -66,12 +68,22 @@ func mapHelper(path string) error {
 	}
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
-		if _, err := os.Stdout.Write(m); err != nil {
+		if _, err := os.Stdout.Write(m); errors.Is(err, syscall.EFAULT) {
+			// The file is shorter than the mapping now (truncated meanwhile):
+			// touching the mapping there would be SIGBUS, as on a disk.
+			os.Exit(mapShortExit)
+		} else if err != nil {
 			return err
 		}
 	}
 	return in.Err()
 }
+
+// mapShortExit is the helper's exit status for a file shorter than its mapping.
+const mapShortExit = 3
+
+// errShortMapping: the file was shorter than the mapping when it was read.
+var errShortMapping = errors.New("the file is shorter than its mapping")
 
 // mapping is a file on the mount mapped (MAP_SHARED, read-only) by a helper
 // process.
@@ -142,6 +154,9 @@ func mapOnce(path string, size int) ([]byte, error) {
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
+	if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() == mapShortExit {
+		return nil, errShortMapping
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%v: %s", err, stderr.String())
 	}
