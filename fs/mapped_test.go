@@ -85,6 +85,13 @@ const mapShortExit = 3
 // errShortMapping: the file was shorter than the mapping when it was read.
 var errShortMapping = errors.New("the file is shorter than its mapping")
 
+// mapCommand runs this test binary as the helper mapping size bytes of path.
+func mapCommand(path string, size int) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), mapEnvPath+"="+path, mapEnvSize+"="+strconv.Itoa(size))
+	return cmd
+}
+
 // mapping is a file on the mount mapped (MAP_SHARED, read-only) by a helper
 // process.
 type mapping struct {
@@ -99,8 +106,7 @@ type mapping struct {
 // helper stops when the test ends.
 func mapFile(t *testing.T, path string, size int, spin bool) *mapping {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), mapEnvPath+"="+path, mapEnvSize+"="+strconv.Itoa(size))
+	cmd := mapCommand(path, size)
 	if spin {
 		cmd.Env = append(cmd.Env, mapEnvSpin+"=1")
 	}
@@ -148,8 +154,7 @@ func (mp *mapping) close() {
 // mapOnce returns the first size bytes of path as a mapping of it shows them,
 // mapped in a helper process (see mapFile).
 func mapOnce(path string, size int) ([]byte, error) {
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), mapEnvPath+"="+path, mapEnvSize+"="+strconv.Itoa(size))
+	cmd := mapCommand(path, size)
 	cmd.Stdin = strings.NewReader("dump\n")
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
