@@ -45,6 +45,9 @@ type fileNode struct {
 	// those of cacheOpen that bypass the page cache (FOPEN_DIRECT_IO; see
 	// directLocked).
 	passOpen, cacheOpen, dioOpen int
+	// dioReaders counts those of dioOpen that can read (and so be mapped: a
+	// mapping is served from the page cache; see storeInKernelLocked).
+	dioReaders int
 	// noPassUntil keeps the inode's readers off passthrough until then, and for a
 	// second after each close: it was made for a writer that met readers passing
 	// through (see detachForWriterLocked). Zero for other inodes.
@@ -113,6 +116,7 @@ type handle struct {
 	write   bool // opened for writing (or created): its close commits
 	wrote   bool // write(2) went through this handle
 	direct  bool // opened with FOPEN_DIRECT_IO: the kernel caches none of its reads or writes
+	read    bool // opened for reading: it can be mapped
 	flushes int
 	stamp   fileStamp // c's stamp at open, for a kernel-written c: changed means written
 }
@@ -511,7 +515,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		c.writers++
 	}
 	n.fsys.track(n, true)
-	h := &handle{c: c, append: flags&syscall.O_APPEND != 0, write: write}
+	h := &handle{c: c, append: flags&syscall.O_APPEND != 0, write: write, read: flags&syscall.O_ACCMODE != syscall.O_WRONLY}
 	if c.kernel {
 		c.refresh()
 		h.stamp = c.stamp
@@ -656,6 +660,9 @@ func (n *fileNode) countLocked(f gofs.FileHandle, d int) {
 	n.cacheOpen += d
 	if h := handleOf(f); h != nil && h.direct {
 		n.dioOpen += d
+		if h.read {
+			n.dioReaders += d
+		}
 	}
 }
 
@@ -1036,12 +1043,12 @@ func (n *fileNode) commitContent(c *content, d engine.Durability, park bool) sys
 // past the page cache (handle.direct), and reports whether it took them: a
 // reader right after the close then reads them from the page cache, as after
 // writes through it (small files created by cp or `>` read back 10–15 % slower
-// without). Only while no other descriptor of the inode is open: a reader's
-// READ waiting for this lock on a page the kernel locked to store it would wait
-// forever, and a later write through another descriptor could meet the stored
-// page before it lands.
+// without). Only while every open descriptor of the inode is write-only and
+// bypasses the page cache: a READ of a page the kernel locked to store it
+// (a reader, a mapping) would wait for this lock forever, and a write through
+// the page cache could meet the stored page before it lands.
 func (n *fileNode) storeInKernelLocked(c *content) bool {
-	if c.spill != nil || len(c.data) == 0 || n.passOpen > 0 || n.cacheOpen > 1 {
+	if c.spill != nil || len(c.data) == 0 || n.passOpen > 0 || n.cacheOpen != n.dioOpen || n.dioReaders > 0 {
 		return false
 	}
 	return n.EmbeddedInode().WriteCache(0, c.data) == 0
