@@ -68,16 +68,7 @@ func testDirectWriters(t *testing.T, dir string, size int) {
 	if _, err := w.WriteAt(first[10:11], 10); err != nil {
 		t.Fatal(err)
 	}
-	for try := 0; ; try++ {
-		got := m.bytes(t)
-		if bytes.Equal(got, first) {
-			break
-		}
-		if try == 100 {
-			t.Fatalf("the mapping differs at byte %d a second after a write", firstDifference(got, first))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	m.await(t, first, "a write")
 	m.close()
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
@@ -283,16 +274,7 @@ func TestMappingFollowsDirectWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for try := 0; ; try++ {
-		got := m.bytes(t)
-		if bytes.Equal(got, want) {
-			break
-		}
-		if try == 100 {
-			t.Fatalf("the mapping differs at byte %d a second after the writes", firstDifference(got, want))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	m.await(t, want, "the writes")
 }
 
 // TestToolsWriteInLargeRequests: files report st_blksize of 1 MiB, the largest

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -138,6 +140,22 @@ func (mp *mapping) bytes(t *testing.T) []byte {
 		t.Fatalf("reading from the mapping helper (did it map the file?): %v", err)
 	}
 	return b
+}
+
+// await fails the test unless the mapping shows want within a second of what
+// (the writes that made it so).
+func (mp *mapping) await(t *testing.T, want []byte, what string) {
+	t.Helper()
+	for try := 0; ; try++ {
+		got := mp.bytes(t)
+		if bytes.Equal(got, want) {
+			return
+		}
+		if try == 100 {
+			t.Fatalf("the mapping differs at byte %d a second after %s", firstDifference(got, want), what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // close unmaps the file: the helper exits.
