@@ -371,7 +371,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	defer fn.mu.Unlock()
 	c := &content{loaded: true, dirty: !local, mtime: nowMs(), refs: 1, writers: 1}
 	fn.cur, fn.local, fn.pending = c, local, !local
-	h := &handle{c: c, append: flags&syscall.O_APPEND != 0, write: true, read: flags&syscall.O_ACCMODE != syscall.O_WRONLY}
+	h := &handle{c: c, append: flags&syscall.O_APPEND != 0, write: true}
 	var fh gofs.FileHandle = h
 	if !local && d.fsys.PassWrites() && d.fsys.releasing.Load() == 0 {
 		// Its writes (and reads) pass through to a spill file: the kernel writes
@@ -385,8 +385,8 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 		}
 	}
 	var fuseFlags uint32
-	if _, pass := fh.(*passHandle); !pass && fn.directLocked(flags) {
-		h.direct, fuseFlags = true, fuse.FOPEN_DIRECT_IO
+	if _, pass := fh.(*passHandle); !pass {
+		fuseFlags = fn.bypassLocked(h, flags)
 	}
 	fn.countLocked(fh, 1)
 	d.fsys.track(fn, true)

@@ -116,7 +116,7 @@ type handle struct {
 	write   bool // opened for writing (or created): its close commits
 	wrote   bool // write(2) went through this handle
 	direct  bool // opened with FOPEN_DIRECT_IO: the kernel caches none of its reads or writes
-	read    bool // opened for reading: it can be mapped
+	read    bool // a direct descriptor opened for reading: it can be mapped
 	flushes int
 	stamp   fileStamp // c's stamp at open, for a kernel-written c: changed means written
 }
@@ -515,7 +515,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		c.writers++
 	}
 	n.fsys.track(n, true)
-	h := &handle{c: c, append: flags&syscall.O_APPEND != 0, write: write, read: flags&syscall.O_ACCMODE != syscall.O_WRONLY}
+	h := &handle{c: c, append: flags&syscall.O_APPEND != 0, write: write}
 	if c.kernel {
 		c.refresh()
 		h.stamp = c.stamp
@@ -534,12 +534,8 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		n.countLocked(ph, 1)
 		return ph, noFlush(write), 0
 	}
-	h.direct = n.directLocked(flags)
+	fuseFlags := noFlush(write) | n.bypassLocked(h, flags)
 	n.countLocked(h, 1)
-	fuseFlags := noFlush(write)
-	if h.direct {
-		fuseFlags |= fuse.FOPEN_DIRECT_IO
-	}
 	if !c.dirty && !n.local && !n.pending && !c.version.IsZero() {
 		if c.version == n.kernelVersion {
 			fuseFlags |= fuse.FOPEN_KEEP_CACHE
@@ -648,6 +644,17 @@ func (n *fileNode) directLocked(flags uint32) bool {
 		return true
 	}
 	return flags&syscall.O_ACCMODE == syscall.O_WRONLY && n.cacheOpen == 0
+}
+
+// bypassLocked decides, for h opened with flags and not passing through,
+// whether it bypasses the page cache (directLocked), and returns the open flag
+// that says so to the kernel.
+func (n *fileNode) bypassLocked(h *handle, flags uint32) uint32 {
+	if !n.directLocked(flags) {
+		return 0
+	}
+	h.direct, h.read = true, flags&syscall.O_ACCMODE != syscall.O_WRONLY
+	return fuse.FOPEN_DIRECT_IO
 }
 
 // countLocked adds d (1 at an open or create, -1 at its release) to the count of
