@@ -873,6 +873,7 @@ func (n *fileNode) releasedLocked(c *content) {
 		return
 	}
 	if c == n.cur && !c.dirty && !n.local && !n.pending {
+		n.storeKernelWrittenLocked(c)
 		n.cur = nil
 		n.fsys.track(n, false)
 	}
@@ -891,7 +892,7 @@ func (n *fileNode) releasedLocked(c *content) {
 // their change time says (a write through a mapping changes it only at the
 // first write to each page).
 func (n *fileNode) lastWriterGoneLocked(c *content) {
-	if c.spill == nil || !othersWrite(c.spill) {
+	if c.spill == nil || !othersWriteAfterRelease(c) {
 		n.settleLocked(c)
 		return
 	}
@@ -901,6 +902,34 @@ func (n *fileNode) lastWriterGoneLocked(c *content) {
 	c.watching = true
 	n.settleLocked(c)
 	go n.watch(c)
+}
+
+// releaseLag bounds how long othersWriteAfterRelease waits for the kernel to
+// put the backing file of a descriptor it has just released.
+const releaseLag = 2 * time.Millisecond
+
+// othersWriteAfterRelease is othersWrite for c's spill file at the release of
+// c's last writer. The kernel sends the release of a passed-through descriptor
+// before it puts the descriptor's backing file (a task work of the closing
+// process), so right then the lease may still be refused for a file nobody has
+// open: a third of the small files created in a row were, and each was watched
+// and committed twice, a large one copied first. With no descriptor of c left,
+// a refusal is asked again for up to releaseLag; a mapping that outlives its
+// descriptor goes on refusing.
+func othersWriteAfterRelease(c *content) bool {
+	if !othersWrite(c.spill) {
+		return false
+	}
+	if c.refs > 0 {
+		return true
+	}
+	for end := time.Now().Add(releaseLag); time.Now().Before(end); {
+		time.Sleep(20 * time.Microsecond)
+		if !othersWrite(c.spill) {
+			return false
+		}
+	}
+	return true
 }
 
 // watch polls, 20 ms doubling to 1 s, until no other file has c's spill file
@@ -1059,6 +1088,22 @@ func (n *fileNode) storeInKernelLocked(c *content) bool {
 		return false
 	}
 	return n.EmbeddedInode().WriteCache(0, c.data) == 0
+}
+
+// storeKernelWrittenLocked hands the kernel the pages of small content c that
+// the kernel wrote to its spill file (passed writes), as storeInKernelLocked
+// does for writes past the page cache, once no descriptor has c: the writes
+// filled the spill file's pages, not the inode's, and reading the file right
+// after it was written would otherwise be a READ round trip per file.
+func (n *fileNode) storeKernelWrittenLocked(c *content) {
+	if !c.kernel || c.spill == nil || c.size == 0 || c.size > spillMin || c.refs > 0 ||
+		c.version.IsZero() || c.version != n.kernelVersion || n.passOpen+n.cacheOpen > 0 {
+		return
+	}
+	b := make([]byte, c.size)
+	if k, _ := c.spill.ReadAt(b, 0); k == len(b) {
+		n.EmbeddedInode().WriteCache(0, b)
+	}
 }
 
 // committedLocked records that entry id stored content c at l: the inode now
