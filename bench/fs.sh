@@ -11,7 +11,7 @@
 #                  and loopback targets both live there, so they share a disk
 #   MEMCHECK=0     skip printing the RSS of the FUSE server processes
 #   NOPASS=0       skip the lb-nopass column (loopback without passthrough)
-#   PW=0           skip the eidefs-pw column (eidefs with passthrough_writes = true)
+#   NOPW=0         skip the eidefs-nopw column (eidefs with passthrough_writes = false)
 #
 # Everything is mounted under one scratch directory; an EXIT trap unmounts
 # it all and kills the servers, also on failure or Ctrl-C.
@@ -183,15 +183,15 @@ mount_eidefs() {
 	fi
 }
 
-# 4. eidefs, if ./cmd/eidefs builds and its mount command works; and (PW=0 skips
-# it) eidefs with passthrough_writes = true, column eidefs-pw.
-PW_PID=""
+# 4. eidefs (its defaults), if ./cmd/eidefs builds and its mount command works; and
+# (NOPW=0 skips it) eidefs with passthrough_writes = false, column eidefs-nopw.
+NOPW_PID=""
 if [[ -d cmd/eidefs ]] && go build -o "$TMP/eidefs" ./cmd/eidefs 2>"$TMP/eidefs-build.log"; then
 	mount_eidefs eidefs
 	EIDE_PID=$MOUNTED_PID
-	if [[ ${PW:-1} != 0 ]]; then
-		mount_eidefs eidefs-pw "passthrough_writes = true"
-		PW_PID=$MOUNTED_PID
+	if [[ ${NOPW:-1} != 0 ]]; then
+		mount_eidefs eidefs-nopw "passthrough_writes = false"
+		NOPW_PID=$MOUNTED_PID
 	fi
 else
 	note "eidefs: ./cmd/eidefs missing or not buildable; eidefs column not measured."
@@ -221,7 +221,7 @@ run_all() {
 		rss_of loopback "$LB_PID"
 		if [[ -n $NP_PID ]]; then rss_of lb-nopass "$NP_PID"; fi
 		if [[ -n $EIDE_PID ]]; then rss_of eidefs "$EIDE_PID"; fi
-		if [[ -n $PW_PID ]]; then rss_of eidefs-pw "$PW_PID"; fi
+		if [[ -n $NOPW_PID ]]; then rss_of eidefs-nopw "$NOPW_PID"; fi
 	fi
 }
 

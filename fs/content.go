@@ -230,6 +230,7 @@ func (c *content) writeAt(fsys *FS, data []byte, off int64) syscall.Errno {
 // truncate cuts or extends (with zeros) the bytes to sz; a change marks the
 // content written.
 func (c *content) truncate(fsys *FS, sz int64) syscall.Errno {
+	c.refresh() // the kernel's writes since the last look: O_TRUNC after them cuts them
 	if sz == c.length() {
 		return 0
 	}

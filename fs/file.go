@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"slices"
 	"strconv"
@@ -367,7 +368,6 @@ func (n *fileNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 			h.wrote = true
 		}
 		if c != nil {
-			c.refresh()
 			errno := n.loadLocked(c)
 			if errno == 0 {
 				errno = c.truncate(n.fsys, int64(sz))
@@ -1031,6 +1031,9 @@ func (n *fileNode) commitContent(c *content, d engine.Durability, park bool) sys
 		if c.writers == 0 {
 			c.dirty, n.pending = false, false
 			n.fsys.dropPark(c)
+			slog.Warn("file not committed: larger than max_value (its close failed with EFBIG)",
+				"path", n.EmbeddedInode().Path(nil), "size", c.length(), "max_value", n.fsys.opts.MaxValue)
+			go n.forgetRefused()
 		}
 		return syscall.EFBIG
 	}
@@ -1088,6 +1091,17 @@ func (n *fileNode) storeInKernelLocked(c *content) bool {
 		return false
 	}
 	return n.EmbeddedInode().WriteCache(0, c.data) == 0
+}
+
+// forgetRefused drops what the kernel caches of a file it wrote past max_value
+// (the size its writes gave the inode, the name of a file never stored), so the
+// name shows what the store holds at once. Its own goroutine, holding no lock.
+func (n *fileNode) forgetRefused() {
+	in := n.EmbeddedInode()
+	in.NotifyContent(0, 0)
+	if name, parent := in.Parent(); parent != nil {
+		parent.NotifyEntry(name)
+	}
 }
 
 // storeKernelWrittenLocked hands the kernel the pages of small content c that

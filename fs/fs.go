@@ -48,8 +48,8 @@ type Options struct {
 	// PassWrites lets the kernel write files created on the mount, and files
 	// opened by a single writer, straight into spill files (see dirNode.Create,
 	// fileNode.kernelWritesLocked), where it passes reads through. Writes past
-	// MaxValue then succeed and the close fails with EFBIG, so it is off unless
-	// asked for.
+	// MaxValue then succeed and the close fails with EFBIG (the mount's
+	// default, cmd/eidefs, turns it on; see docs/design.md).
 	PassWrites bool
 	// Sync, if set, provides the sync views of <mnt>/.sync/.
 	Sync SyncViews

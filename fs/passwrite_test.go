@@ -380,3 +380,47 @@ func TestPassedWritesReuseSpillFiles(t *testing.T) {
 		t.Errorf("a writer's mapping shows other bytes after newer files were created")
 	}
 }
+
+// TestPassedWritesCutByOTrunc: an open with O_TRUNC of a file the kernel has
+// written through another descriptor since the mount last looked cuts those
+// bytes (TestModelPassedWrites found the open comparing with the size it had
+// seen before them, and cutting nothing).
+func TestPassedWritesCutByOTrunc(t *testing.T) {
+	requireFUSE(t)
+	inst := newBlobInstance(t)
+	_, mnt := mountWith(t, Options{Instance: inst, PassWrites: true})
+	dir := filepath.Join(mnt, "d", "s")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{16269, 3 << 20} {
+		p := filepath.Join(dir, fmt.Sprint("f", size))
+		first, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := first.Write(randBytes(size)); err != nil {
+			t.Fatal(err)
+		}
+		want := []byte("the second writer's bytes\n")
+		if err := os.WriteFile(p, want, 0o644); err != nil { // O_TRUNC
+			t.Fatal(err)
+		}
+		if fi, err := os.Stat(p); err != nil || fi.Size() != int64(len(want)) {
+			t.Errorf("%d bytes cut by O_TRUNC: stat says %v %v, want %d bytes", size, fi, err, len(want))
+		}
+		if err := first.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%d bytes cut by O_TRUNC: read back %d bytes, %v", size, len(got), err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for readBack(inst, "d", filepath.Base(p)) != string(want) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := readBack(inst, "d", filepath.Base(p)); got != string(want) {
+			t.Errorf("%d bytes cut by O_TRUNC: the store holds %d bytes", size, len(got))
+		}
+	}
+}

@@ -24,9 +24,16 @@ func blobFiles(t *testing.T, data string) []string {
 	return files
 }
 
+// expectBlobs checks that data holds want blob files, waiting up to 5 s: a large
+// file the kernel wrote (passthrough_writes) is committed just after its last
+// writer's release, a moment after close(2) returned.
 func expectBlobs(t *testing.T, data string, want int, what string) {
 	t.Helper()
-	if got := blobFiles(t, data); len(got) != want {
+	got := blobFiles(t, data)
+	for end := time.Now().Add(5 * time.Second); len(got) != want && time.Now().Before(end); got = blobFiles(t, data) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if len(got) != want {
 		t.Errorf("%s: %d blob files, want %d: %v", what, len(got), want, got)
 	}
 	checkBlobs(t, data)
@@ -274,13 +281,15 @@ rm f`))
 	}
 }
 
-// TestPassthroughWritesSetting: with `passthrough_writes = true` on a kernel with
-// FUSE passthrough, the mount says so; files made or overwritten by cp, tar, a
-// shell redirection and >> read back whole at once and are in the store moments
-// later, also after a kill -9; and a file past max_value is refused at its close:
-// cp says "File too large" and the name is gone.
-func TestPassthroughWritesSetting(t *testing.T) {
-	m := mount(t, mountOpts{Config: map[string]string{"passthrough_writes": "true", "max_value": `"4MiB"`}})
+// TestPassthroughWritesDefault: with the default `passthrough_writes = true` on a
+// kernel with FUSE passthrough, the mount says so; files made or overwritten by
+// cp, tar, a shell redirection and >> read back whole at once and are in the
+// store moments later, also after a kill -9; and a file past max_value is
+// refused at its close: cp and a redirected head say "File too large", the
+// name of a new file is gone, a stored file keeps its bytes, and the log names
+// the file.
+func TestPassthroughWritesDefault(t *testing.T) {
+	m := mount(t, mountOpts{Config: map[string]string{"max_value": `"4MiB"`}})
 	dir := newStore(t, m, "notes", "files")
 	for end := time.Now().Add(5 * time.Second); !strings.Contains(m.output.String(), "msg=mounted") && time.Now().Before(end); {
 		time.Sleep(10 * time.Millisecond)
@@ -308,6 +317,21 @@ echo tail >> big && cp "$L/big2" "$L/big3" && echo tail >> "$L/big3" && cmp "$L/
 	_, errOut, code := sh(t, dir, `head -c 5000000 /dev/urandom > "$L/huge" && cp "$L/huge" huge`, env...)
 	if code == 0 || !strings.Contains(errOut, "File too large") {
 		t.Errorf("cp of a file past max_value: exit %d %q, want File too large", code, errOut)
+	}
+	if _, errOut, code := sh(t, dir, `head -c 4194305 /dev/zero > redirected`, env...); code == 0 || !strings.Contains(errOut, "File too large") {
+		t.Errorf("head -c 4MiB+1 > file: exit %d %q, want File too large", code, errOut)
+	}
+	if _, errOut, code := sh(t, dir, `cat "$L/huge" > exact`, env...); code == 0 || !strings.Contains(errOut, "File too large") {
+		t.Errorf("cat of a file past max_value over a stored one: exit %d %q, want File too large", code, errOut)
+	}
+	waitFor(t, 5*time.Second, "refused files gone, a stored one as it was", func() (bool, string) {
+		out, errOut, code := sh(t, dir, `! test -e huge && ! test -e redirected && [ "$(stat -c %s exact)" = 4194304 ]`, env...)
+		return code == 0, out + errOut
+	})
+	for _, name := range []string{"huge", "redirected", "exact"} {
+		if !strings.Contains(m.output.String(), "path=notes/files/"+name+" ") {
+			t.Errorf("the log does not name the refused file %s:\n%s", name, m.output)
+		}
 	}
 	m.Kill(t) // right after the last close: large files may still be parked
 	want, _ := os.ReadFile(filepath.Join(local, "big3"))

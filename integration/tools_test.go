@@ -1198,9 +1198,12 @@ func TestToolErrorMessages(t *testing.T) {
 	}
 }
 
+// TestFileTooLarge: with passthrough_writes = false every write reaches the mount,
+// so a write past max_value fails with EFBIG as it is made, as at a disk's
+// file-size limit (with the default, the close does: TestPassthroughWritesDefault).
 func TestFileTooLarge(t *testing.T) {
 	const limit = 1 << 20
-	m := mount(t, mountOpts{Config: map[string]string{"max_value": `"1MiB"`}})
+	m := mount(t, mountOpts{Config: map[string]string{"max_value": `"1MiB"`, "passthrough_writes": "false"}})
 	store := newStore(t, m, "notes", "todo")
 	exact := filepath.Join(store, "exact")
 	if err := os.WriteFile(exact, bytes.Repeat([]byte("e"), limit), 0o644); err != nil {

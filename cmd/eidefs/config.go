@@ -75,7 +75,7 @@ var defaultLocalOnly = []string{
 
 func defaultConfig() Config {
 	host, _ := os.Hostname()
-	c := Config{Name: host, LogLevel: "info", LogFormat: "text", MaxValue: "64MiB", LocalOnly: defaultLocalOnly, Passthrough: true}
+	c := Config{Name: host, LogLevel: "info", LogFormat: "text", MaxValue: "64MiB", LocalOnly: defaultLocalOnly, Passthrough: true, PassthroughWrites: true}
 	c.Cache.Entry.Duration = time.Second
 	c.Cache.Attr.Duration = time.Second
 	c.Sync.Periodic.Duration = 5 * time.Minute
