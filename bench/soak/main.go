@@ -68,7 +68,7 @@ type config struct {
 	maxRSSPerEntry   float64 // bytes of RSS growth allowed per entry the database grew by
 	maxCountGrowth   float64
 	syncConf         map[string]string
-	passWrites       bool // passthrough_writes = true in each node's eidefs.toml
+	passWrites       bool // passthrough_writes in each node's eidefs.toml
 }
 
 func logf(format string, args ...any) {
@@ -99,7 +99,7 @@ func parseFlags() *config {
 	flag.Float64Var(&c.maxRSSGrowth, "max-rss-growth", 1.5, "flat: median RSS of the last fifth at most this times the first fifth's (or within -max-rss-per-entry)")
 	flag.Float64Var(&c.maxRSSPerEntry, "max-rss-per-entry", 3072, "flat: or the RSS grew by at most this many bytes per entry the database grew by")
 	flag.Float64Var(&c.maxCountGrowth, "max-count-growth", 1.25, "flat: median goroutines (open files other than tables) of the last fifth at most this times the first fifth's, plus 10")
-	flag.BoolVar(&c.passWrites, "passthrough-writes", false, "passthrough_writes = true in each node's eidefs.toml")
+	flag.BoolVar(&c.passWrites, "passthrough-writes", true, "passthrough_writes in each node's eidefs.toml (eidefs's default: true)")
 	syncFlags := map[string]*string{}
 	for _, k := range []struct{ key, def string }{{"periodic", "5s"}, {"retry", "1s"}, {"retry_cap", "5s"}, {"health", "5s"}} {
 		syncFlags[k.key] = flag.String("sync-"+strings.ReplaceAll(k.key, "_", "-"), k.def, "[sync] "+k.key+" in each node's eidefs.toml")

@@ -106,7 +106,7 @@ func newNode(bin, dir, name string, syncConf map[string]string, passWrites bool)
 }
 
 // writeConfig rewrites the top-level name and log_level of the eidefs.toml init
-// wrote (with passWrites, passthrough_writes too) and appends a [sync] table
+// wrote, sets passthrough_writes to passWrites, and appends a [sync] table
 // (init writes none).
 func (n *node) writeConfig(syncConf map[string]string, passWrites bool) error {
 	path := filepath.Join(n.data, "eidefs.toml")
@@ -116,7 +116,7 @@ func (n *node) writeConfig(syncConf map[string]string, passWrites bool) error {
 	}
 	var out []string
 	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
-		if strings.HasPrefix(line, "name =") || strings.HasPrefix(line, "log_level =") || strings.HasPrefix(line, "[") {
+		if strings.HasPrefix(line, "name =") || strings.HasPrefix(line, "log_level =") || strings.HasPrefix(line, "passthrough_writes =") || strings.HasPrefix(line, "[") {
 			if strings.HasPrefix(line, "[") {
 				return fmt.Errorf("%s already has a table (%s); expected only top-level keys", path, line)
 			}
@@ -125,9 +125,7 @@ func (n *node) writeConfig(syncConf map[string]string, passWrites bool) error {
 		out = append(out, line)
 	}
 	out = append(out, fmt.Sprintf("name = %q", n.name), `log_level = "warn"`)
-	if passWrites {
-		out = append(out, "passthrough_writes = true")
-	}
+	out = append(out, fmt.Sprintf("passthrough_writes = %v", passWrites))
 	out = append(out, "", "[sync]")
 	for _, k := range []string{"periodic", "retry", "retry_cap", "health"} {
 		if v := syncConf[k]; v != "" {
