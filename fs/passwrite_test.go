@@ -258,15 +258,24 @@ func TestPassedWritesPastTheLimit(t *testing.T) {
 // of its backing file still writes to it): the store ends with what the mapping
 // wrote, and every blob is what its name says.
 func TestPassedWritesThroughAMapping(t *testing.T) {
+	inst, dir := mountPassedWrites(t)
+	for _, size := range []int{3 << 20, 5000} {
+		mappedFile(t, inst, filepath.Join(dir, fmt.Sprint("mapped", size)), size)
+	}
+}
+
+// mountPassedWrites mounts an instance that keeps blobs on disk with passed
+// writes and returns it and the directory of store s of database d.
+func mountPassedWrites(t *testing.T) (*engine.Instance, string) {
+	t.Helper()
 	requireFUSE(t)
 	inst := newBlobInstance(t)
 	_, mnt := mountWith(t, Options{Instance: inst, PassWrites: true})
-	if err := os.MkdirAll(filepath.Join(mnt, "d", "s"), 0o755); err != nil {
+	dir := filepath.Join(mnt, "d", "s")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, size := range []int{3 << 20, 5000} {
-		mappedFile(t, inst, filepath.Join(mnt, "d", "s", fmt.Sprint("mapped", size)), size)
-	}
+	return inst, dir
 }
 
 func mappedFile(t *testing.T, inst *engine.Instance, p string, size int) {
@@ -318,13 +327,7 @@ func mappedFile(t *testing.T, inst *engine.Instance, p string, size int) {
 // bytes; a file a reader mapped while it was being written, and one mapped by
 // its writer, keep theirs while newer files are created and the mappings last.
 func TestPassedWritesReuseSpillFiles(t *testing.T) {
-	requireFUSE(t)
-	inst := newBlobInstance(t)
-	_, mnt := mountWith(t, Options{Instance: inst, PassWrites: true})
-	dir := filepath.Join(mnt, "d", "s")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	inst, dir := mountPassedWrites(t)
 	content := func(i int) []byte { return bytes.Repeat([]byte{byte('a' + i%26)}, 100+i*37%3000) }
 
 	// A reader maps a file while its writer has it open; its writer maps another.
@@ -386,13 +389,7 @@ func TestPassedWritesReuseSpillFiles(t *testing.T) {
 // bytes (TestModelPassedWrites found the open comparing with the size it had
 // seen before them, and cutting nothing).
 func TestPassedWritesCutByOTrunc(t *testing.T) {
-	requireFUSE(t)
-	inst := newBlobInstance(t)
-	_, mnt := mountWith(t, Options{Instance: inst, PassWrites: true})
-	dir := filepath.Join(mnt, "d", "s")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	inst, dir := mountPassedWrites(t)
 	for _, size := range []int{16269, 3 << 20} {
 		p := filepath.Join(dir, fmt.Sprint("f", size))
 		first, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o644)
