@@ -80,6 +80,18 @@ func (f *FS) commitEntry(db *engine.Database, d engine.Durability, fn func(tx *e
 	return id, toErrno(err)
 }
 
+// commitOverHidden is commit for a change that deletes a directory (rmdir, a
+// directory's rename). It holds hideMu, as commitHiddenDelete does from its check
+// to its commit, so a hidden key's delayed delete below that directory lands
+// before the change or finds the key gone, never after it: a delete at a/b/c
+// implies maps at a and a/b, and the directory would come back, empty, at its
+// old place (TestModel, in runs of 4,000 operations, where the 2 s timers fire).
+func (f *FS) commitOverHidden(db *engine.Database, fn func(tx *engine.Tx)) syscall.Errno {
+	f.hideMu.Lock()
+	defer f.hideMu.Unlock()
+	return f.commit(db, engine.Journal, fn)
+}
+
 func (f *FS) writable(l loc) syscall.Errno {
 	if !l.db.CanWrite() {
 		return syscall.EACCES
