@@ -517,6 +517,16 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 }
 
 func (d *dirNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if _, errno := d.fsys.locate(d.EmbeddedInode()); errno == syscall.ENOENT {
+		// Removed, or replaced by a rename, while the kernel still has it: an open
+		// descriptor or a shell's working directory. As on a disk, fstat finds a
+		// directory with no links (the kernel sends directories' GETATTR without
+		// a handle, so this is also what a stat of a name the kernel cached says
+		// until it looks the name up again; a local rename or rmdir updated it).
+		d.fsys.setAttr(&out.Attr, modeDir, 0, 0)
+		out.Attr.Nlink = 0
+		return 0
+	}
 	return d.fsys.storedAttr(d.EmbeddedInode(), modeDir, out)
 }
 

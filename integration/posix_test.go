@@ -37,3 +37,19 @@ func TestPosixSubset(t *testing.T) {
 		})
 	}
 }
+
+// TestRemovedDirectoryDescriptor: a directory replaced by a rename while a
+// descriptor holds it, and one removed while it is a shell's working directory,
+// are still directories to fstat and stat ".", with no links, as on the local
+// disk the same script runs on (TestModel found fstat answering ENOENT).
+func TestRemovedDirectoryDescriptor(t *testing.T) {
+	m := mount(t, mountOpts{})
+	store := newStore(t, m, "notes", "todo")
+	// The sleep outlasts the kernel's attribute cache (1 s), so the stats reach the mount.
+	const script = `mkdir a b e && exec 3<a && mv -T e a && cd b && rmdir ../b && sleep 1.2 &&
+stat -L -c '%F %h' /proc/self/fd/3 && stat -c '%F %h' .`
+	want := mustSh(t, t.TempDir(), script)
+	if got := mustSh(t, store, script); got != want {
+		t.Errorf("on the mount:\n%s\non the disk:\n%s", got, want)
+	}
+}
