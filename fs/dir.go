@@ -517,7 +517,8 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 }
 
 func (d *dirNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if _, errno := d.fsys.locate(d.EmbeddedInode()); errno == syscall.ENOENT {
+	l, errno := d.fsys.locate(d.EmbeddedInode())
+	if errno == syscall.ENOENT {
 		// Removed, or replaced by a rename, while the kernel still has it: an open
 		// descriptor or a shell's working directory. As on a disk, fstat finds a
 		// directory with no links (the kernel sends directories' GETATTR without
@@ -526,16 +527,23 @@ func (d *dirNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Attr
 		d.fsys.setAttr(&out.Attr, modeDir, 0, 0)
 		out.Attr.Nlink = 0
 		return 0
+	} else if errno != 0 {
+		return errno
 	}
-	return d.fsys.storedAttr(d.EmbeddedInode(), modeDir, out)
+	return d.fsys.attrAt(l, modeDir, out)
 }
 
-// storedAttr fills out the attributes of the stored node in (a directory's size is 0).
+// storedAttr fills out the attributes of the stored node in.
 func (f *FS) storedAttr(in *gofs.Inode, mode uint32, out *fuse.AttrOut) syscall.Errno {
 	l, errno := f.locate(in)
 	if errno != 0 {
 		return errno
 	}
+	return f.attrAt(l, mode, out)
+}
+
+// attrAt fills out the attributes of the node stored at l (a directory's size is 0).
+func (f *FS) attrAt(l loc, mode uint32, out *fuse.AttrOut) syscall.Errno {
 	n, err := l.db.Stat(l.store, l.path)
 	if err != nil {
 		return toErrno(err)
