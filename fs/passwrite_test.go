@@ -47,16 +47,8 @@ func TestLargeWritesPassThrough(t *testing.T) {
 	at := func(name string) string { return filepath.Join(mnt, "d", "s", name) }
 	stored := func(name string, want []byte) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			got := readBack(inst, "d", name)
-			if got == string(want) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: the store holds %d bytes, want %d", name, len(got), len(want))
-			}
-			time.Sleep(10 * time.Millisecond)
+		if got := storedWithin(inst, name, want); got != string(want) {
+			t.Fatalf("%s: the store holds %d bytes, want %d", name, len(got), len(want))
 		}
 	}
 	const create = os.O_CREATE | os.O_EXCL | os.O_WRONLY
@@ -264,6 +256,20 @@ func TestPassedWritesThroughAMapping(t *testing.T) {
 	}
 }
 
+// storedWithin waits up to 5 s for key of store s of database d to hold want (a
+// file the kernel writes is committed after its last writer's release) and
+// returns what it holds then.
+func storedWithin(inst *engine.Instance, key string, want []byte) string {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := readBack(inst, "d", key)
+		if got == string(want) || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // mountPassedWrites mounts an instance that keeps blobs on disk with passed
 // writes and returns it and the directory of store s of database d.
 func mountPassedWrites(t *testing.T) (*engine.Instance, string) {
@@ -301,13 +307,8 @@ func mappedFile(t *testing.T, inst *engine.Instance, p string, size int) {
 	if err := syscall.Munmap(m); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for readBack(inst, "d", key) != string(want) {
-		if time.Now().After(deadline) {
-			got := readBack(inst, "d", key)
-			t.Fatalf("the store holds %d bytes, not what the mapping wrote (first difference at %d)", len(got), firstDifference([]byte(got), want))
-		}
-		time.Sleep(20 * time.Millisecond)
+	if got := storedWithin(inst, key, want); got != string(want) {
+		t.Fatalf("the store holds %d bytes, not what the mapping wrote (first difference at %d)", len(got), firstDifference([]byte(got), want))
 	}
 	if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, want) {
 		t.Errorf("the mount shows %d bytes, %v", len(got), err)
@@ -412,11 +413,7 @@ func TestPassedWritesCutByOTrunc(t *testing.T) {
 		if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, want) {
 			t.Errorf("%d bytes cut by O_TRUNC: read back %d bytes, %v", size, len(got), err)
 		}
-		deadline := time.Now().Add(5 * time.Second)
-		for readBack(inst, "d", filepath.Base(p)) != string(want) && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if got := readBack(inst, "d", filepath.Base(p)); got != string(want) {
+		if got := storedWithin(inst, filepath.Base(p), want); got != string(want) {
 			t.Errorf("%d bytes cut by O_TRUNC: the store holds %d bytes", size, len(got))
 		}
 	}
