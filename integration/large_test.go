@@ -314,15 +314,14 @@ tar -xf "$L/t.tar" && cmp "$L/t/a" t/a && cmp "$L/t/b" t/b &&
 cat "$L/big" "$L/big" | head -c 4194304 > exact && [ "$(stat -c %s exact)" = 4194304 ] &&
 head -c 2500000 /dev/urandom > "$L/big2" && cp "$L/big2" big && cmp "$L/big2" big &&
 echo tail >> big && cp "$L/big2" "$L/big3" && echo tail >> "$L/big3" && cmp "$L/big3" big`)
-	_, errOut, code := sh(t, dir, `head -c 5000000 /dev/urandom > "$L/huge" && cp "$L/huge" huge`, env...)
-	if code == 0 || !strings.Contains(errOut, "File too large") {
-		t.Errorf("cp of a file past max_value: exit %d %q, want File too large", code, errOut)
-	}
-	if _, errOut, code := sh(t, dir, `head -c 4194305 /dev/zero > redirected`, env...); code == 0 || !strings.Contains(errOut, "File too large") {
-		t.Errorf("head -c 4MiB+1 > file: exit %d %q, want File too large", code, errOut)
-	}
-	if _, errOut, code := sh(t, dir, `cat "$L/huge" > exact`, env...); code == 0 || !strings.Contains(errOut, "File too large") {
-		t.Errorf("cat of a file past max_value over a stored one: exit %d %q, want File too large", code, errOut)
+	for _, c := range []struct{ what, script string }{
+		{"cp of a file past max_value", `head -c 5000000 /dev/urandom > "$L/huge" && cp "$L/huge" huge`},
+		{"head -c 4MiB+1 > file", `head -c 4194305 /dev/zero > redirected`},
+		{"cat of a file past max_value over a stored one", `cat "$L/huge" > exact`},
+	} {
+		if _, errOut, code := sh(t, dir, c.script, env...); code == 0 || !strings.Contains(errOut, "File too large") {
+			t.Errorf("%s: exit %d %q, want File too large", c.what, code, errOut)
+		}
 	}
 	if strings.Contains(m.output.String(), "passthrough_writes=true") {
 		// Refused at the close (where writes cannot pass through, write(2) refuses
