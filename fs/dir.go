@@ -360,12 +360,8 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 		return nil, nil, 0, syscall.EISDIR
 	}
 	st := gofs.StableAttr{Mode: syscall.S_IFREG, Ino: d.fsys.childIno(d.EmbeddedInode(), name, 'f')}
-	var ch *gofs.Inode
-	if local {
-		ch = d.NewPersistentInode(ctx, &fileNode{fsys: d.fsys}, st)
-	} else {
-		ch = d.NewInode(ctx, &fileNode{fsys: d.fsys}, st)
-	}
+	// Pinned (see pin.go) from the start: it exists only here until committed.
+	ch := d.NewPersistentInode(ctx, &fileNode{fsys: d.fsys, pinned: true}, st)
 	fn := ch.Operations().(*fileNode)
 	fn.mu.Lock()
 	defer fn.mu.Unlock()
@@ -659,6 +655,7 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 			}
 			f.dropPark(fn.cur)
 			fn.local, fn.pending = true, false
+			fn.pinLocked()
 			return 0
 		}
 		if errno := f.writable(dst); errno != 0 {
@@ -667,16 +664,13 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 		if dstExists && dstNode.Kind == engine.OpValue {
 			f.dropOverlay(dstParent, newName)
 		}
-		wasLocal := fn.local
 		if node, same := f.storedEqual(dst, fn.cur); !srcStored && same {
 			// sed -i that changed nothing: the key already holds these bytes, and
 			// the file is that version.
 			fn.local, fn.pending, fn.cur.dirty = false, false, false
 			f.dropPark(fn.cur)
 			fn.adoptLocked(fn.cur, dst, node)
-			if wasLocal {
-				ch.ForgetPersistent()
-			}
+			fn.unpinLocked()
 			return 0
 		}
 		f.unhide(dst)
@@ -689,9 +683,7 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 		if errno == 0 {
 			fn.local = false
 			fn.committedLocked(fn.cur, id, dst)
-			if wasLocal {
-				ch.ForgetPersistent() // an ordinary node from now on
-			}
+			fn.unpinLocked() // an ordinary node from now on, once closed
 		}
 		return errno
 	}
@@ -729,6 +721,7 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 						return toErrno(err)
 					}
 					fn.local = true
+					fn.pinLocked()
 					fn.mu.Unlock()
 					f.track(fn, true)
 				}
@@ -824,10 +817,8 @@ func (f *FS) dropOverlay(parent *gofs.Inode, name string) bool {
 		fn.cur.dirty = false
 		f.dropPark(fn.cur)
 	}
+	fn.unpinLocked()
 	fn.mu.Unlock()
-	if local {
-		ch.ForgetPersistent()
-	}
 	return local
 }
 

@@ -53,6 +53,12 @@ type fileNode struct {
 	// second after each close: it was made for a writer that met readers passing
 	// through (see detachForWriterLocked). Zero for other inodes.
 	noPassUntil time.Time
+	// pinned: the Inode is persistent, kept in the tree while the file holds
+	// what only this process has (see pin.go): while writeOpen descriptors can
+	// write, it is local-only or not committed, or committing commits after a
+	// release (settleLocked, watch) are under way.
+	pinned                bool
+	writeOpen, committing int
 }
 
 // version is one stored version of a key: the entry that set it, where it set
@@ -660,6 +666,12 @@ func (n *fileNode) bypassLocked(h *handle, flags uint32) uint32 {
 // countLocked adds d (1 at an open or create, -1 at its release) to the count of
 // the inode's descriptors in f's mode (see passOpen).
 func (n *fileNode) countLocked(f gofs.FileHandle, d int) {
+	if h := handleOf(f); h != nil && h.write {
+		n.writeOpen += d
+		if d > 0 {
+			n.pinLocked()
+		}
+	}
 	if _, ok := f.(*passHandle); ok {
 		n.passOpen += d
 		return
@@ -869,6 +881,7 @@ func (n *fileNode) waitSettledLocked() {
 // releasedLocked lets go of content c if no descriptor has it and it holds
 // nothing uncommitted.
 func (n *fileNode) releasedLocked(c *content) {
+	defer n.unpinLocked()
 	if c.refs > 0 || c.settled != nil || c.watching {
 		return
 	}
@@ -900,6 +913,7 @@ func (n *fileNode) lastWriterGoneLocked(c *content) {
 		return
 	}
 	c.watching = true
+	n.committing++
 	n.settleLocked(c)
 	go n.watch(c)
 }
@@ -950,6 +964,7 @@ func (n *fileNode) watch(c *content) {
 			continue
 		}
 		c.watching = false
+		n.committing--
 		c.dirty = true // what a mapping wrote changed no time the mount can trust
 		if !unmounted && !reopened {
 			n.settleLocked(c)
@@ -972,6 +987,7 @@ func (n *fileNode) settleLocked(c *content) {
 	}
 	done := make(chan struct{})
 	c.settled = done
+	n.committing++
 	if c.spill != nil && c.length() > spillMin {
 		// A hash from an earlier settle is of bytes the kernel may have changed.
 		if c.sum != nil {
@@ -988,6 +1004,7 @@ func (n *fileNode) settleLocked(c *content) {
 		n.commitContent(c, engine.Journal, false)
 		n.mu.Lock()
 		c.settled = nil
+		n.committing--
 		close(done)
 		n.releasedLocked(c)
 		n.mu.Unlock()

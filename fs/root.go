@@ -38,6 +38,13 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 
 func (f *FS) dbInode(ctx context.Context, parent *gofs.Inode, db *engine.Database, out *fuse.EntryOut) *gofs.Inode {
 	f.setAttr(&out.Attr, modeDir, 0, int64(db.Info().Height))
+	if ch := parent.GetChild(db.Name()); ch != nil {
+		if d, ok := ch.Operations().(*dbNode); ok && d.id == db.ID() {
+			// The kernel forgot it, and go-fuse kept it for what is pinned below
+			// (see pin.go): a new inode would leave those files off the tree.
+			return ch
+		}
+	}
 	return parent.NewInode(ctx, &dbNode{fsys: f, id: db.ID()}, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino('b', db.ID(), "", nil)})
 }
 

@@ -1609,6 +1609,32 @@ head -c 3000000 /dev/urandom >> notes/todo/held && head -c 5000000 /dev/urandom 
 	expectSameTree(t, want, got, "after a second kill -9 with an open file")
 }
 
+// TestKernelForgetsInodes: the kernel may forget any inode nobody has open, at
+// any time after its last close (memory pressure; drop_caches does it at once).
+// Files closed are committed all the same (a large one the kernel wrote is
+// committed after its release; an empty one created and closed, at its release),
+// and local-only files (an editor's backup renamed aside, scratch files) stay
+// until the unmount. Before, the closed files were gone, and with them every
+// local-only file of the database.
+func TestKernelForgetsInodes(t *testing.T) {
+	m := mount(t, mountOpts{})
+	store := newStore(t, m, "notes", "todo")
+	src := filepath.Join(t.TempDir(), "src")
+	const forget = `echo 2 > /proc/sys/vm/drop_caches`
+	got := mustSh(t, store, `head -c 30000000 /dev/urandom > `+src+` &&
+echo first > a && mkdir -p deep/er && echo below > deep/er/q && sleep 0.3 &&
+mv a a~ && mv deep/er/q deep/er/q~ && echo made > tmp && mv tmp t~ && echo direct > c~ && `+forget+` &&
+cp `+src+` big && `+forget+` && : > empty && `+forget+` && sleep 0.2 && `+forget+` &&
+cat a~ deep/er/q~ t~ c~ && ls && cmp `+src+` big && echo same`)
+	if want := "first\nbelow\nmade\ndirect\na~\nbig\nc~\ndeep\nempty\nt~\nsame\n"; got != want {
+		t.Errorf("after the kernel forgot the inodes:\n%s\nwant:\n%s", got, want)
+	}
+	m2 := remount(t, m)
+	if got := mustSh(t, m2.Path("notes", "todo"), `ls && cmp `+src+` big && echo same`); got != "big\ndeep\nempty\nsame\n" {
+		t.Errorf("after a remount:\n%s", got)
+	}
+}
+
 func TestRemoteChangeInvalidation(t *testing.T) {
 	m := mount(t, mountOpts{})
 	store := newStore(t, m, "notes", "todo")
