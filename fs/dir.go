@@ -472,7 +472,7 @@ func (f *FS) rmdir(parent *gofs.Inode, l loc) syscall.Errno {
 	if errno := f.writable(l); errno != 0 {
 		return errno
 	}
-	errno := f.commitOverHidden(l.db, func(tx *engine.Tx) { tx.Store(l.store).Delete(l.path) })
+	errno := f.commit(l.db, engine.Journal, func(tx *engine.Tx) { tx.Store(l.store).Delete(l.path) })
 	if errno == 0 {
 		name := l.store
 		if len(l.path) > 0 {
@@ -760,7 +760,7 @@ func (f *FS) renameInner(srcParent *gofs.Inode, src loc, newParent gofs.InodeEmb
 	}
 	var copyErr error
 	f.unhide(dst)
-	errno = f.commitOverHidden(src.db, func(tx *engine.Tx) {
+	errno = f.commit(src.db, engine.Journal, func(tx *engine.Tx) {
 		tx.Store(src.store).Delete(src.path)
 		ds := tx.Store(dst.store)
 		if dstExists {

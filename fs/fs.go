@@ -102,7 +102,6 @@ type FS struct {
 	// deliver to the kernel; see recheckLookup.
 	remote atomic.Uint64
 
-	hideMu sync.Mutex // serialises hidden deletes with unhide; taken before mu
 	mu     sync.Mutex // guards hidden, unlink*, open, gens, noPassIno and opts.LocalOnly
 	hidden map[string]*hiddenKey
 	// unlinkGen counts unlinks; unlinkTimer, if set, will flush them. unlinked

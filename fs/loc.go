@@ -80,18 +80,6 @@ func (f *FS) commitEntry(db *engine.Database, d engine.Durability, fn func(tx *e
 	return id, toErrno(err)
 }
 
-// commitOverHidden is commit for a change that deletes a directory (rmdir, a
-// directory's rename). It holds hideMu, as commitHiddenDelete does from its check
-// to its commit, so a hidden key's delayed delete below that directory lands
-// before the change or finds the key gone, never after it: a delete at a/b/c
-// implies maps at a and a/b, and the directory would come back, empty, at its
-// old place (TestModel, in runs of 4,000 operations, where the 2 s timers fire).
-func (f *FS) commitOverHidden(db *engine.Database, fn func(tx *engine.Tx)) syscall.Errno {
-	f.hideMu.Lock()
-	defer f.hideMu.Unlock()
-	return f.commit(db, engine.Journal, fn)
-}
-
 func (f *FS) writable(l loc) syscall.Errno {
 	if !l.db.CanWrite() {
 		return syscall.EACCES
@@ -143,8 +131,8 @@ func (f *FS) hide(l loc) {
 }
 
 // unhide cancels a pending hidden delete; the caller is about to overwrite the key.
-// A delete already under way finishes first (hideMu), so it never lands after the
-// caller's commit.
+// A delete already on its way to the engine lands before the caller's commit, or
+// finds the key changed and leaves it alone (see commitHiddenDelete).
 func (f *FS) unhide(l loc) {
 	k := l.key()
 	f.mu.Lock()
@@ -154,8 +142,6 @@ func (f *FS) unhide(l loc) {
 		// An unlinked key: its delete goes first, then the caller's commit.
 		l.db.FlushDeletes(engine.Journal)
 	}
-	f.hideMu.Lock()
-	defer f.hideMu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if h, ok := f.hidden[k]; ok {
@@ -266,23 +252,25 @@ func (f *FS) isHiddenEntry(l loc, e engine.DirEntry) bool {
 	return ok && e.Entry == v
 }
 
+// commitHiddenDelete deletes a hidden key once its delay is over, as an unlink
+// does: the engine deletes it only if it still holds the hidden version, in the
+// same step as the delete's commit (Database.DeleteLater). So what replaced it
+// stays (a peer's write, a directory moved there), and so does a directory gone
+// meanwhile, here or on a peer (a delete at a/b/c implies maps at a and a/b: the
+// directory would come back, empty, at its old place).
 func (f *FS) commitHiddenDelete(k string) {
-	f.hideMu.Lock()
-	defer f.hideMu.Unlock()
 	f.mu.Lock()
 	h, ok := f.hidden[k]
+	f.mu.Unlock()
 	if !ok || h.timer == nil {
 		// Gone, or replaced by an unlinked key's entry after this timer fired.
+		return
+	}
+	if f.unlink(h.l, h.version) != 0 {
+		f.mu.Lock()
+		if f.hidden[k] == h {
+			delete(f.hidden, k) // not deleted: it shows again
+		}
 		f.mu.Unlock()
-		return
 	}
-	delete(f.hidden, k)
-	f.mu.Unlock()
-	l := h.l
-	// Only while the hidden version is still there: not what replaced it, and not
-	// below a directory that is gone (a delete at a/b/c implies maps at a and a/b).
-	if n, err := l.db.Stat(l.store, l.path); err != nil || n.Kind == engine.OpMap || n.Entry != h.version {
-		return
-	}
-	f.commit(l.db, engine.Journal, func(tx *engine.Tx) { tx.Store(l.store).Delete(l.path) })
 }
