@@ -168,6 +168,13 @@ func (f *FS) unlink(l loc, v engine.ID) syscall.Errno {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.unlinkedLocked(l, v)
+	return 0
+}
+
+// unlinkedLocked hides version v at l for its deferred delete, and has the
+// pending deletes committed shortly.
+func (f *FS) unlinkedLocked(l loc, v engine.ID) {
 	f.unlinkGen++
 	if old, ok := f.hidden[l.key()]; ok && old.timer != nil {
 		old.timer.Stop() // hid an older version, which is gone already
@@ -175,10 +182,14 @@ func (f *FS) unlink(l loc, v engine.ID) syscall.Errno {
 	h := &hiddenKey{l: l, version: v, gen: f.unlinkGen}
 	f.hidden[l.key()] = h
 	f.unlinked = append(f.unlinked, h)
+	f.flushSoonLocked()
+}
+
+// flushSoonLocked has the pending deletes committed in unlinkDelay.
+func (f *FS) flushSoonLocked() {
 	if f.unlinkTimer == nil {
 		f.unlinkTimer = time.AfterFunc(unlinkDelay, f.flushUnlinks)
 	}
-	return 0
 }
 
 // flushUnlinks commits the deferred deletes and forgets the keys hidden for them
@@ -266,11 +277,20 @@ func (f *FS) commitHiddenDelete(k string) {
 		// Gone, or replaced by an unlinked key's entry after this timer fired.
 		return
 	}
-	if f.unlink(h.l, h.version) != 0 {
-		f.mu.Lock()
-		if f.hidden[k] == h {
-			delete(f.hidden, k) // not deleted: it shows again
+	err := h.l.db.DeleteLater(h.l.store, h.l.path, h.version, originFS)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case f.hidden[k] != h:
+		// Unhidden, or hidden anew, meanwhile: that stays. The delete, if
+		// recorded, lands before the write that unhid it, or finds the key
+		// changed.
+		if err == nil {
+			f.flushSoonLocked()
 		}
-		f.mu.Unlock()
+	case err != nil:
+		delete(f.hidden, k) // not deleted: it shows again
+	default:
+		f.unlinkedLocked(h.l, h.version)
 	}
 }
