@@ -529,15 +529,6 @@ func (d *dirNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Attr
 	return d.fsys.attrAt(l, modeDir, out)
 }
 
-// storedAttr fills out the attributes of the stored node in.
-func (f *FS) storedAttr(in *gofs.Inode, mode uint32, out *fuse.AttrOut) syscall.Errno {
-	l, errno := f.locate(in)
-	if errno != 0 {
-		return errno
-	}
-	return f.attrAt(l, mode, out)
-}
-
 // attrAt fills out the attributes of the node stored at l (a directory's size is 0).
 func (f *FS) attrAt(l loc, mode uint32, out *fuse.AttrOut) syscall.Errno {
 	n, err := l.db.Stat(l.store, l.path)

@@ -1229,7 +1229,11 @@ func (n *linkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 }
 
 func (n *linkNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	return n.fsys.storedAttr(n.EmbeddedInode(), modeLink, out)
+	l, errno := n.fsys.locate(n.EmbeddedInode())
+	if errno != 0 {
+		return errno
+	}
+	return n.fsys.attrAt(l, modeLink, out)
 }
 
 func (n *linkNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {

@@ -28,8 +28,9 @@ import (
 // go-fuse makes an Inode persistent only at its creation (NewPersistentInode)
 // and lets go of that with ForgetPersistent; makePersistent does for an Inode
 // that exists what NewPersistentInode does for a new one, under the Inode's own
-// lock, as go-fuse changes the field (the layout is checked at start-up, and
-// fs TestInodeLayout fails at once if a go-fuse upgrade changes it).
+// lock, as go-fuse changes the field. The layout is checked at start-up: a
+// go-fuse upgrade that changes it panics there, with the field's name, and so
+// fails every test of this package.
 
 // inodeFields are the offsets, in go-fuse's Inode, of the fields makePersistent
 // sets.

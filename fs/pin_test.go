@@ -10,9 +10,8 @@ import (
 	"time"
 )
 
-// TestInodeLayout: makePersistent reaches go-fuse Inode fields that it finds
-// by name at start-up; the package panics at init if they are gone, and this
-// says why in a test rather than at a mount.
+// TestInodeLayout: the fields makePersistent sets, found by name at start-up
+// (where the package panics if one is gone), are three distinct fields.
 func TestInodeLayout(t *testing.T) {
 	if inodeFields.persistent == inodeFields.mu || inodeFields.persistent == inodeFields.changeCounter {
 		t.Fatalf("go-fuse Inode field offsets overlap: %+v", inodeFields)
